@@ -1,0 +1,39 @@
+# kvferry developer entry points. `make setup` is idempotent and needs only Python 3.11+.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+.PHONY: setup run test lint typecheck bench wheel-check clean
+
+$(VENV)/.installed: pyproject.toml constraints-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# CPU build of torch first (a plain `torch` would pull GBs of CUDA packages).
+	$(PIP) install -q -c constraints-cpu.txt torch
+	$(PIP) install -q -c constraints-cpu.txt -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup  ## the main job: the engine generating from the built-in tiny preset
+	$(VENV)/bin/kvferry generate --model tiny --max-tokens 48
+
+test: setup lint typecheck  ## lint, types, then every test (GPU-only tests skip on CPU)
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) benchmarks/bench_engine_vs_hf.py
+
+wheel-check: setup  ## a built wheel imports kvferry.services.engine and no top-level `operator`
+	$(PY) -m pytest -q tests/test_packaging.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""kvferry services: the engine, the worker roles, the router and KV transfer."""

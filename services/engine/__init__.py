@@ -1,0 +1,1 @@
+"""The kvferry inference engine: model, paged KV cache, scheduler, sampler."""

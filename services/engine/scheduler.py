@@ -1,0 +1,236 @@
+"""Continuous-batching scheduler: pure bookkeeping, no torch, no I/O.
+
+Each step hands out tokens to close the gap between tokens known and tokens computed,
+under a token budget (`max_num_batched_tokens`) and a sequence cap (`max_num_seqs`):
+running requests first (decodes and unfinished prefill chunks, oldest first), then waiting
+ones in arrival order, reusing prefix-cache hits. When the pool runs out of blocks the
+newest running request is preempted: its blocks are freed and it is recomputed later
+(its full blocks usually survive in the prefix cache).
+
+    out = scheduler.schedule()          # what to compute this step
+    ...model runs, samples...           # (the model runner's job)
+    updates = scheduler.update(out, sampled)   # advance counters, append tokens, stop
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .block_pool import BlockId
+from .kv_cache_manager import KVCacheManager
+from .request import FinishReason, Request, RequestId, RequestStatus
+from .sampling_params import SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    max_num_seqs: int = 128
+    """Sequences in one step; bounds the decode batch (and memory for per-step tensors)."""
+    max_num_batched_tokens: int = 2048
+    """Tokens in one step; bounds step latency so decodes are not starved by long prompts."""
+    max_model_len: int = 2048
+    enable_chunked_prefill: bool = True
+    """Split long prompts across steps so they never exceed the token budget."""
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(
+                f"max_num_batched_tokens must be at least 1, got {self.max_num_batched_tokens}"
+            )
+        if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
+            raise ValueError(
+                f"without chunked prefill, max_num_batched_tokens ({self.max_num_batched_tokens})"
+                f" must be >= max_model_len ({self.max_model_len}) or long prompts never run;"
+                " enable chunked prefill or raise the budget"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledRequest:
+    """One request's share of a step: compute `token_ids` at positions start.. ."""
+
+    request_id: RequestId
+    token_ids: list[int]
+    start_position: int
+    block_ids: list[BlockId]
+    sample: bool
+    """True when this step reaches the last known token, so the next one is sampled."""
+    params: SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerOutput:
+    scheduled: list[ScheduledRequest]
+    num_batched_tokens: int
+    preempted_ids: list[RequestId] = field(default_factory=list)
+    finished_ids: list[RequestId] = field(default_factory=list)
+    """Requests that ended since the previous step (their per-request state can go)."""
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+@dataclass(frozen=True, slots=True)
+class RequestUpdate:
+    request: Request
+    new_token_ids: list[int]
+    finished: bool
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager) -> None:
+        self.config = config
+        self.kv = kv
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # sorted by arrival
+        self.requests: dict[RequestId, Request] = {}
+        self._finished_since_step: list[RequestId] = []
+
+    # -- requests --------------------------------------------------------------------------
+    def add_request(self, request: Request) -> None:
+        if request.request_id in self.requests:
+            raise ValueError(f"request id {request.request_id!r} is already in the engine")
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def finish_requests(self, request_ids: Iterable[RequestId], reason: FinishReason) -> None:
+        """End requests from outside the step (abort, stop string). Unknown ids are ignored."""
+        for rid in request_ids:
+            request = self.requests.get(rid)
+            if request is None:
+                continue
+            if request.status is RequestStatus.RUNNING:
+                self.running.remove(request)
+            else:
+                self.waiting.remove(request)
+            self._finish(request, reason)
+
+    def _finish(self, request: Request, reason: FinishReason) -> None:
+        request.status = RequestStatus.FINISHED
+        request.finish_reason = reason
+        self.kv.free(request)
+        del self.requests[request.request_id]
+        self._finished_since_step.append(request.request_id)
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self.requests)
+
+    # -- schedule --------------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        budget = self.config.max_num_batched_tokens
+        scheduled: list[ScheduledRequest] = []
+        preempted: list[RequestId] = []
+
+        for request in list(self.running):
+            if budget == 0:
+                break
+            if request.status is not RequestStatus.RUNNING:
+                continue  # preempted earlier in this loop
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            if num_new <= 0:
+                continue
+            while self.kv.allocate_slots(request, num_new) is None:
+                victim = self.running[-1]
+                self._preempt(victim)
+                preempted.append(victim.request_id)
+                if victim is request:
+                    break
+            if request.status is not RequestStatus.RUNNING:
+                continue
+            scheduled.append(self._scheduled(request, num_new))
+            budget -= num_new
+
+        while (
+            not preempted
+            and self.waiting
+            and budget > 0
+            and len(self.running) < self.config.max_num_seqs
+        ):
+            request = self.waiting[0]
+            hits = self.kv.get_computed_blocks(request)
+            num_hit = len(hits) * self.kv.block_size
+            num_new = request.num_tokens - num_hit
+            if num_new > budget:
+                if not self.config.enable_chunked_prefill:
+                    break
+                num_new = budget
+            if self.kv.allocate_slots(request, num_new, hits) is None:
+                break
+            self.waiting.popleft()
+            if request.num_preemptions == 0:
+                request.num_cached_tokens = num_hit
+            request.num_computed_tokens = num_hit
+            request.status = RequestStatus.RUNNING
+            bisect.insort(self.running, request, key=lambda r: r.arrival)
+            scheduled.append(self._scheduled(request, num_new))
+            budget -= num_new
+
+        finished, self._finished_since_step = self._finished_since_step, []
+        return SchedulerOutput(
+            scheduled=scheduled,
+            num_batched_tokens=self.config.max_num_batched_tokens - budget,
+            preempted_ids=preempted,
+            finished_ids=finished,
+        )
+
+    def _scheduled(self, request: Request, num_new: int) -> ScheduledRequest:
+        start = request.num_computed_tokens
+        return ScheduledRequest(
+            request_id=request.request_id,
+            token_ids=request.token_slice(start, start + num_new),
+            start_position=start,
+            block_ids=self.kv.block_ids(request.request_id),
+            sample=start + num_new == request.num_tokens,
+            params=request.params,
+        )
+
+    def _preempt(self, request: Request) -> None:
+        self.running.remove(request)
+        self.kv.free(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        # Back to the front of the queue, keeping arrival order among preempted requests.
+        index = 0
+        while index < len(self.waiting) and self.waiting[index].arrival < request.arrival:
+            index += 1
+        self.waiting.insert(index, request)
+
+    # -- update ----------------------------------------------------------------------------
+    def update(self, output: SchedulerOutput, sampled: dict[RequestId, int]) -> list[RequestUpdate]:
+        """Advance computed counters, append sampled tokens and finish stopped requests."""
+        updates: list[RequestUpdate] = []
+        for item in output.scheduled:
+            request = self.requests.get(item.request_id)
+            if request is None or request.status is not RequestStatus.RUNNING:
+                continue  # finished or aborted while the step ran
+            request.num_computed_tokens += len(item.token_ids)
+            if not item.sample:
+                continue
+            token = sampled[item.request_id]
+            request.output_token_ids.append(token)
+            reason = self._stop_reason(request, token)
+            if reason is not None:
+                self.running.remove(request)
+                self._finish(request, reason)
+            updates.append(RequestUpdate(request, [token], reason is not None))
+        return updates
+
+    def _stop_reason(self, request: Request, token: int) -> FinishReason | None:
+        params = request.params
+        if token in params.stop_token_ids or (
+            not params.ignore_eos and token in request.eos_token_ids
+        ):
+            return FinishReason.STOP
+        if request.num_output_tokens >= params.max_tokens:
+            return FinishReason.LENGTH
+        if request.num_tokens >= self.config.max_model_len:
+            return FinishReason.LENGTH
+        return None

@@ -19,6 +19,9 @@ ATTENTION_BACKENDS = ("torch",)
 class EngineConfig:
     model: str = "tiny"
     """A preset name (`tiny`, `llama-3-8b`, ...) or a Hugging Face model folder."""
+    tokenizer: str | None = None
+    """A folder with tokenizer.json, or `byte` for the built-in byte-level tokenizer.
+    Default: the model folder's own (byte-level for presets)."""
     dtype: str = "auto"
     """`auto`: the checkpoint's dtype on CUDA, float32 on CPU (bf16 matmuls are slow there)."""
     load_format: str = "auto"

@@ -38,6 +38,8 @@ class SchedulerConfig:
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}")
+        if self.max_model_len < 2:
+            raise ValueError(f"max_model_len must be at least 2, got {self.max_model_len}")
         if self.max_num_batched_tokens < 1:
             raise ValueError(
                 f"max_num_batched_tokens must be at least 1, got {self.max_num_batched_tokens}"
@@ -93,9 +95,26 @@ class Scheduler:
         self._finished_since_step: list[RequestId] = []
 
     # -- requests --------------------------------------------------------------------------
+    def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
+        """Raise ValueError if such a request could never run to its end in this engine."""
+        total = num_prompt_tokens + max_tokens
+        if total > self.config.max_model_len:
+            raise ValueError(
+                f"prompt ({num_prompt_tokens} tokens) + max_tokens ({max_tokens}) = {total}"
+                f" exceeds max_model_len {self.config.max_model_len}"
+            )
+        blocks = self.kv.blocks_needed(total)
+        if blocks > self.kv.pool.num_blocks:
+            raise ValueError(
+                f"request needs {blocks} KV blocks but the pool holds {self.kv.pool.num_blocks};"
+                " shorten it or enlarge the KV budget"
+            )
+
     def add_request(self, request: Request) -> None:
+        """Queue a request. `arrival` must increase with every call (FCFS and preemption order)."""
         if request.request_id in self.requests:
             raise ValueError(f"request id {request.request_id!r} is already in the engine")
+        self.check_fits(request.num_prompt_tokens, request.params.max_tokens)
         self.requests[request.request_id] = request
         self.waiting.append(request)
 

@@ -186,13 +186,14 @@ def test_budget_goes_to_running_decodes_first_then_a_new_prompt_chunk() -> None:
 
 
 def test_without_chunked_prefill_a_prompt_waits_for_a_whole_budget() -> None:
-    world = World(max_num_batched_tokens=16, max_model_len=16, enable_chunked_prefill=False)
+    world = World(max_num_batched_tokens=18, max_model_len=18, enable_chunked_prefill=False)
     world.add("a", 3, max_tokens=3)
+    world.add("c", 3, max_tokens=3)
     world.step()
-    world.add("b", 16, max_tokens=1)  # 16 tokens do not fit next to a's decode
-    assert scheduled_tokens(world.step()) == {"a": 1}
-    assert scheduled_tokens(world.step()) == {"a": 1}  # a finishes here
-    assert scheduled_tokens(world.step()) == {"b": 16}
+    world.add("b", 17, max_tokens=1)  # 17 tokens do not fit next to two decodes
+    assert scheduled_tokens(world.step()) == {"a": 1, "c": 1}
+    assert scheduled_tokens(world.step()) == {"a": 1, "c": 1}  # both finish here
+    assert scheduled_tokens(world.step()) == {"b": 17}
     world.run()
     assert_drained(world)
 
@@ -420,9 +421,13 @@ def test_stop_wins_over_length_on_the_last_token() -> None:
     assert req.finish_reason is FinishReason.STOP
 
 
-def test_finish_at_max_model_len_is_length() -> None:
+def test_request_beyond_max_model_len_is_rejected_and_one_that_fits_runs_to_it() -> None:
     world = World(max_model_len=10)
-    req = world.add("a", 8, max_tokens=16)
+    with pytest.raises(ValueError, match="exceeds max_model_len 10"):
+        world.add("too-long", 8, max_tokens=3)
+    with pytest.raises(ValueError, match="KV blocks"):
+        World(max_model_len=100).add("too-big-for-pool", 40, max_tokens=20)
+    req = world.add("a", 8, max_tokens=2)
     world.run()
     assert (req.finish_reason, req.num_tokens, req.num_output_tokens) == (
         FinishReason.LENGTH,

@@ -1,0 +1,121 @@
+"""Turns a `SchedulerOutput` into tensors, runs the model, and samples.
+
+The flat token dimension holds decode sequences (one new token each) first, then each
+prefill span, as `AttentionMetadata` expects. Logits are computed only at the last
+position of sequences that sample this step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .attention import AttentionMetadata, PrefillSpan
+from .model.llama import LlamaForCausalLM
+from .request import RequestId
+from .sampler import Sampler, SampleRow, TokenLogprob
+from .scheduler import ScheduledRequest, SchedulerOutput
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRunnerOutput:
+    sampled: dict[RequestId, int]
+    logprobs: dict[RequestId, TokenLogprob]
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        kv_caches: list[torch.Tensor],
+        block_size: int,
+        device: torch.device,
+        sampler: Sampler,
+    ) -> None:
+        self.model = model
+        self.kv_caches = kv_caches  # per layer: [2, num_blocks, block_size, num_kv_heads, head_dim]
+        self.block_size = block_size
+        self.device = device
+        self.sampler = sampler
+
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput) -> ModelRunnerOutput:
+        # NOTE: preempted requests keep their seeded generator: their recompute must go on
+        # drawing from the same stream, or a seeded request would repeat itself.
+        self.sampler.forget(out.finished_ids)
+        if out.is_empty:
+            return ModelRunnerOutput({}, {})
+        decodes = [s for s in out.scheduled if len(s.token_ids) == 1]
+        prefills = [s for s in out.scheduled if len(s.token_ids) > 1]
+        ordered = decodes + prefills
+        input_ids, positions, slots = self._flatten(ordered)
+        meta = self._metadata(decodes, prefills, slots)
+        hidden = self.model(input_ids, positions, self.kv_caches, meta)  # [T, hidden]
+
+        rows: list[SampleRow] = []
+        last: list[int] = []
+        offset = 0
+        for s in ordered:
+            offset += len(s.token_ids)
+            if s.sample:
+                rows.append(SampleRow(s.request_id, s.params))
+                last.append(offset - 1)
+        if not rows:
+            return ModelRunnerOutput({}, {})
+        logits = self.model.compute_logits(hidden[torch.tensor(last, device=self.device)])
+        tokens, logprobs = self.sampler.sample(logits, rows)
+        return ModelRunnerOutput(
+            sampled={r.request_id: t for r, t in zip(rows, tokens, strict=True)},
+            logprobs={r.request_id: lp for r, lp in zip(rows, logprobs, strict=True) if lp},
+        )
+
+    def _flatten(
+        self, ordered: list[ScheduledRequest]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        bs = self.block_size
+        ids: list[int] = []
+        pos: list[int] = []
+        slots: list[int] = []
+        for s in ordered:
+            ids.extend(s.token_ids)
+            span = range(s.start_position, s.start_position + len(s.token_ids))
+            pos.extend(span)
+            table = s.block_ids
+            slots.extend(table[p // bs] * bs + p % bs for p in span)
+        return (
+            torch.tensor(ids, dtype=torch.long, device=self.device),
+            torch.tensor(pos, dtype=torch.long, device=self.device),
+            slots,
+        )
+
+    def _metadata(
+        self, decodes: list[ScheduledRequest], prefills: list[ScheduledRequest], slots: list[int]
+    ) -> AttentionMetadata:
+        dev = self.device
+        width = max((len(s.block_ids) for s in decodes), default=1)
+        tables = [s.block_ids + [0] * (width - len(s.block_ids)) for s in decodes]
+        spans: list[PrefillSpan] = []
+        start = len(decodes)
+        for s in prefills:
+            n = len(s.token_ids)
+            spans.append(
+                PrefillSpan(
+                    query_start=start,
+                    query_len=n,
+                    context_len=s.start_position + n,
+                    block_table=torch.tensor(s.block_ids, dtype=torch.long, device=dev),
+                )
+            )
+            start += n
+        return AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+            num_decode_tokens=len(decodes),
+            decode_block_tables=torch.tensor(tables, dtype=torch.long, device=dev).view(
+                len(decodes), width
+            ),
+            decode_context_lens=torch.tensor(
+                [s.start_position + 1 for s in decodes], dtype=torch.long, device=dev
+            ),
+            prefills=spans,
+        )

@@ -44,22 +44,23 @@ def paged_decode_attention(
         return query.new_empty(query.shape)
     block_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
     max_context = int(context_lens.max())
-    num_blocks = -(-max_context // block_size)
-    max_len = num_blocks * block_size
-    # [2, B * nb, BS * Hkv * D] -> [2, B, L, Hkv, D]: every block of every sequence, one gather
-    kv = _gather_blocks(kv_cache, block_tables[:, :num_blocks].reshape(-1)).view(
-        2, num_seqs, max_len, num_kv_heads, head_dim
-    )
-    positions = torch.arange(max_len, device=query.device)  # [L]
+    positions = torch.arange(max_context, device=query.device)  # [L]
     valid = positions[None, :] < context_lens[:, None]  # [B, L]
+    # [B, L] flat slot of every position of every sequence
+    slots = block_tables.gather(1, (positions // block_size)[None, :].expand(num_seqs, -1))
+    slots = slots * block_size + positions % block_size
+    # NOTE: a masked slot still meets a zero weight in P @ V, and 0 * NaN is NaN, so masked
+    # positions must not read foreign slots (another sequence's stale NaN/Inf, an unwritten
+    # block tail). They read the sequence's own position 0 instead, which it always wrote.
+    slots = torch.where(valid, slots, slots[:, :1])
+    # [2, NB * BS, Hkv * D] -> [2, B, L, Hkv, D]: one gather of whole token rows
+    kv = (
+        kv_cache.view(2, -1, num_kv_heads * head_dim)
+        .index_select(1, slots.reshape(-1))
+        .view(2, num_seqs, max_context, num_kv_heads, head_dim)
+    )
     if sliding_window is not None:
         valid &= positions[None, :] >= context_lens[:, None] - sliding_window
-    # NOTE: slots past a sequence's context (the tail of its last block, padding blocks) hold
-    # whatever another sequence left there, possibly NaN/Inf from an uninitialised cache. A
-    # masked softmax still multiplies them by zero, so they must be zeroed, not just masked.
-    # Positions below the shortest context are valid everywhere, so only the tail is touched.
-    start = 0 if sliding_window is not None else int(context_lens.min())
-    kv[:, :, start:].masked_fill_(~valid[None, :, start:, None, None], 0)
     out = F.scaled_dot_product_attention(
         query[:, :, None, :],  # [B, H, 1, D]
         kv[0].transpose(1, 2),  # [B, Hkv, L, D]

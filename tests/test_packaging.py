@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECK = (
     "import operator, sysconfig, kvferry.services.engine, kvferry.kernels, kvferry.operator;"
     "assert operator.__file__.startswith(sysconfig.get_paths()['stdlib']), operator.__file__;"
+    "import kvferry; assert kvferry.__file__, 'kvferry resolved as a namespace package';"
     "import importlib.util as u;"
     "assert u.find_spec('services') is None, 'services is importable top-level';"
     "print(kvferry.services.engine.__file__)"

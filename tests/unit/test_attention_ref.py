@@ -1,7 +1,8 @@
 """The torch paged-attention references against a naive dense float64 implementation.
 
-Every cache slot no sequence owns is NaN, and padding in block tables points at an all-NaN
-block, so any read of a wrong slot that leaks into the result fails the comparison.
+Every cache slot no sequence owns is NaN (including the unwritten tail of each sequence's
+last block), and padding in block tables points at an all-NaN block, so any read of a wrong
+slot that leaks into the result fails the comparison.
 """
 
 from __future__ import annotations

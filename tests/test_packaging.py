@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 CHECK = (
-    "import operator, sysconfig, kvferry.services.engine, kvferry.kernels, kvferry.operator;"
+    "import operator, sysconfig, kvferry.services.engine, kvferry.kernels;"
     "assert operator.__file__.startswith(sysconfig.get_paths()['stdlib']), operator.__file__;"
     "import kvferry; assert kvferry.__file__, 'kvferry resolved as a namespace package';"
     "import importlib.util as u;"
@@ -38,7 +38,6 @@ def test_built_wheel_imports_engine_and_no_top_level_operator(tmp_path: Path) ->
     (wheel,) = tmp_path.glob("kvferry-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "kvferry/services/engine/scheduler.py" in names
-    assert "kvferry/operator/__init__.py" in names
     tops = {n.split("/")[0] for n in names}
     assert tops <= {"kvferry", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
 
@@ -51,3 +50,17 @@ def test_built_wheel_imports_engine_and_no_top_level_operator(tmp_path: Path) ->
     out = subprocess.run([str(py), "-c", CHECK], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert str(env_dir) in out.stdout
+
+
+def test_repo_root_on_sys_path_does_not_shadow_stdlib_operator() -> None:
+    # `python -S -c` from the root puts the root first on sys.path before anything imports
+    # `operator` (what `python -m pip` does in a fresh venv): the stdlib module must win.
+    assert not (ROOT / "operator" / "__init__.py").exists()
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", "import operator; print(operator.__file__)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert not out.stdout.strip().startswith(str(ROOT))

@@ -1,12 +1,13 @@
 """CPU engine throughput: kvferry continuous batching vs transformers static batches.
 
-Both sides run the same weights: a random Llama of hidden 512, 8 heads, 4 KV heads,
-4 layers (float32), saved by transformers and loaded by kvferry from that folder. The
-workload is 64 requests whose prompt/output lengths follow the Azure LLM 2023
-conversation trace, scaled down (prompt = ctx/4 clipped to [1, 512], output = gen/2
-clipped to [1, 128]). transformers runs them in padded static batches of `--batch`
-(left padding, every sequence generates the batch's longest output); kvferry runs them
-all with `max_num_seqs=--batch`. Both count the same useful output tokens.
+Both sides run the same weights: a random Llama of the `bench-cpu` preset's shape
+(hidden 512, 8 heads, 4 KV heads, 4 layers, float32), saved by transformers and loaded
+by kvferry from that folder. The workload is 64 requests whose prompt/output lengths
+follow the Azure LLM 2023 conversation trace, scaled down (prompt = ctx/4 clipped to
+[1, 512], output = gen/2 clipped to [1, 128]). transformers runs them in padded static
+batches of `--batch` (left padding, every sequence generates the batch's longest
+output); kvferry runs them all with `max_num_seqs=--batch`. Both count the same
+useful output tokens.
 
     .venv/bin/python benchmarks/bench_engine_vs_hf.py [--requests 64] [--batch 16]
 
@@ -43,19 +44,25 @@ def load_workload(path: Path, n: int, seed: int) -> list[tuple[int, int]]:
 
 
 def build_checkpoint(folder: Path) -> None:
+    """Save random weights of kvferry's `bench-cpu` preset shape with transformers."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from kvferry.services.engine.model.presets import get_preset
+
+    shape = get_preset("bench-cpu")
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=320,
-        hidden_size=512,
-        intermediate_size=1536,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=4,
+        vocab_size=shape.vocab_size,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_key_value_heads,
         max_position_embeddings=1024,
-        bos_token_id=256,
-        eos_token_id=257,
+        rms_norm_eps=shape.rms_norm_eps,
+        rope_theta=shape.rope_theta,
+        bos_token_id=shape.bos_token_id,
+        eos_token_id=list(shape.eos_token_ids),
         pad_token_id=0,
     )
     LlamaForCausalLM(config).save_pretrained(folder)

@@ -16,31 +16,33 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from kvferry.errors import ConfigError
+from kvferry.errors import TransferError
 
 from .attention import AttentionBackend
 from .block_pool import KVEvent
 from .cache_layout import CacheLayout, allocate_kv_caches, plan_cache
 from .config import EngineConfig
 from .detokenizer import IncrementalDetokenizer
+from .incoming_kv import IncomingKV
 from .kv_cache_manager import KVCacheManager
 from .model.loader import load_model, resolve_model
-from .model.model_config import ModelConfig
-from .model_runner import ModelRunner
+from .model_runner import KVExport, ModelRunner
 from .outputs import EngineStats, RequestOutput
 from .request import FinishReason, Request, RequestId
-from .sampler import Sampler, TokenLogprob
+from .resolve import (
+    resolve_device,
+    resolve_dtype,
+    resolve_max_model_len,
+    resolve_tokenizer,
+)
+from .sampler import Sampler, SampleRow, TokenLogprob
 from .sampling_params import SamplingParams
-from .scheduler import Scheduler, SchedulerConfig
-from .tokenizer import Tokenizer, load_tokenizer
+from .scheduler import RemoteAdmission, RequestUpdate, Scheduler, SchedulerConfig
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(slots=True)
@@ -56,10 +58,10 @@ class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.model_config, folder = resolve_model(config.model)
-        self.device = _resolve_device(config.device)
-        self.dtype = _resolve_dtype(config.dtype, self.model_config, self.device)
-        self.max_model_len = _resolve_max_model_len(config, self.model_config)
-        self.tokenizer = _load_tokenizer(config.tokenizer, folder, self.model_config)
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.model_config, self.device)
+        self.max_model_len = resolve_max_model_len(config, self.model_config)
+        self.tokenizer = resolve_tokenizer(config.tokenizer, folder, self.model_config)
         load_format = "dummy" if folder is None else config.load_format
         self.model = load_model(
             self.model_config,
@@ -92,6 +94,8 @@ class LLMEngine:
             self.model, kv_caches, config.block_size, self.device, Sampler(self.device)
         )
         self._streams: dict[RequestId, _Stream] = {}
+        self._exports: dict[RequestId, KVExport] = {}
+        self._incoming: dict[RequestId, IncomingKV] = {}
         self._arrivals = 0
         log.info(
             "engine ready: model=%s dtype=%s device=%s kv_blocks=%d (%.1f MiB) max_model_len=%d",
@@ -128,7 +132,28 @@ class LLMEngine:
         request_id: str,
         prompt: str | Sequence[int],
         params: SamplingParams | None = None,
+        *,
+        kv_export: KVExport | None = None,
     ) -> None:
+        """Queue a request. With `kv_export`, the KV of the listed blocks is handed to its
+        sink layer by layer in the step that completes the prompt (a prefill worker)."""
+        request = self._new_request(request_id, prompt, params)
+        if kv_export is not None:
+            bad = [
+                p
+                for p in kv_export.block_positions
+                if p >= self.kv.blocks_needed(request.num_tokens) or p < 0
+            ]
+            if bad:
+                raise ValueError(f"kv_export block positions {bad} are outside the prompt's blocks")
+        self.scheduler.add_request(request)
+        self._track(request)
+        if kv_export is not None:
+            self._exports[request.request_id] = kv_export
+
+    def _new_request(
+        self, request_id: str, prompt: str | Sequence[int], params: SamplingParams | None
+    ) -> Request:
         params = params or SamplingParams()
         if not request_id:
             raise ValueError("request_id must be a non-empty string")
@@ -144,11 +169,14 @@ class LLMEngine:
             arrival=self._arrivals,
         )
         self._arrivals += 1
-        self.scheduler.add_request(request)
-        self._streams[rid] = _Stream(
+        return request
+
+    def _track(self, request: Request) -> None:
+        params = request.params
+        self._streams[request.request_id] = _Stream(
             detok=IncrementalDetokenizer(
                 self.tokenizer,
-                ids,
+                request.prompt_token_ids,
                 stop=params.stop,
                 include_stop_str_in_output=params.include_stop_str_in_output,
                 skip_special_tokens=params.skip_special_tokens,
@@ -156,11 +184,68 @@ class LLMEngine:
             logprobs=[] if params.logprobs is not None else None,
         )
 
+    # -- remote prefill (decode worker side) ------------------------------------------------
+    def admit_remote(
+        self, request_id: str, prompt: Sequence[int], params: SamplingParams | None = None
+    ) -> RemoteAdmission | None:
+        """Reserve blocks for a request whose prompt KV a prefill worker will send.
+
+        Returns which block positions must be sent (the rest are prefix-cache hits), or
+        None when the pool cannot hold it now (try another worker or later).
+        """
+        request = self._new_request(request_id, prompt, params)
+        admission = self.scheduler.admit_remote(request)
+        if admission is None:
+            return None
+        self._track(request)
+        self._incoming[request.request_id] = IncomingKV(
+            admission, self.model_config.num_hidden_layers
+        )
+        return admission
+
+    def write_remote_kv(
+        self, request_id: str, block_positions: Sequence[int], layer_start: int, kv: torch.Tensor
+    ) -> None:
+        """Store received KV `[layers, 2, len(block_positions), BS, Hkv, D]` for a request
+        admitted with `admit_remote`. Raises TransferError for anything that does not fit."""
+        incoming = self._incoming.get(RequestId(request_id))
+        if incoming is None:
+            raise TransferError(f"request {request_id!r} is not waiting for KV here")
+        layout = self.cache_layout
+        expected = (len(block_positions), layout.block_size, layout.num_kv_heads, layout.head_dim)
+        if kv.dim() != 6 or kv.shape[1] != 2 or tuple(kv.shape[2:]) != expected:
+            raise TransferError(
+                f"KV for {request_id!r} has shape {tuple(kv.shape)}; expected"
+                f" [layers, 2, {', '.join(map(str, expected))}]"
+            )
+        block_ids = incoming.accept(list(block_positions), layer_start, kv.shape[0])
+        self.runner.write_kv(block_ids, layer_start, kv)
+
+    def complete_remote(self, request_id: str, first_token_id: int) -> RequestOutput:
+        """All KV has arrived and the prefill worker sampled `first_token_id`: join the
+        request to the running batch. Its output starts with that token."""
+        rid = RequestId(request_id)
+        incoming = self._incoming.get(rid)
+        if incoming is None:
+            raise TransferError(f"request {request_id!r} is not waiting for KV here")
+        missing = incoming.missing()
+        if missing:
+            raise TransferError(f"request {request_id!r} still lacks KV for {missing}")
+        if not 0 <= first_token_id < self.model_config.vocab_size:
+            raise ValueError(f"first token id {first_token_id} is outside the vocabulary")
+        del self._incoming[rid]
+        update = self.scheduler.complete_remote(rid, first_token_id)
+        params = update.request.params
+        self.runner.sampler.advance(SampleRow(rid, params), self.model_config.vocab_size, 1)
+        return self._emit(update, None)
+
     def abort(self, request_id: str) -> bool:
         """Cancel a request and free its blocks. Returns False if it was not in the engine."""
         rid = RequestId(request_id)
         if self._streams.pop(rid, None) is None:
             return False
+        self._exports.pop(rid, None)
+        self._incoming.pop(rid, None)
         self.scheduler.finish_requests([rid], FinishReason.ABORT)
         return True
 
@@ -175,42 +260,45 @@ class LLMEngine:
                 raise RuntimeError("scheduler made no progress with requests pending")
             self.runner.execute(out)  # releases per-request sampler state
             return []
-        result = self.runner.execute(out)
-        outputs: list[RequestOutput] = []
-        for update in self.scheduler.update(out, result.sampled):
-            request = update.request
-            rid = request.request_id
-            stream = self._streams[rid]
-            step = stream.detok.update(update.new_token_ids)
-            delta = step.text_delta
-            if step.stop_matched is not None:
-                if update.finished:  # the same token also hit a length limit: the stop wins
-                    request.finish_reason = FinishReason.STOP
-                else:
-                    self.scheduler.finish_requests([rid], FinishReason.STOP)
-            elif update.finished:
-                delta += stream.detok.flush()
-            stream.text.append(delta)
-            if stream.logprobs is not None and rid in result.logprobs:
-                stream.logprobs.append(result.logprobs[rid])
-            finished = request.is_finished
-            if finished:
-                del self._streams[rid]
-            outputs.append(
-                RequestOutput(
-                    request_id=rid,
-                    prompt_token_ids=request.prompt_token_ids,
-                    token_ids=list(request.output_token_ids),
-                    text="".join(stream.text),
-                    new_token_ids=update.new_token_ids,
-                    text_delta=delta,
-                    finished=finished,
-                    finish_reason=request.finish_reason,
-                    logprobs=list(stream.logprobs) if stream.logprobs is not None else None,
-                    num_cached_tokens=request.num_cached_tokens,
-                )
-            )
-        return outputs
+        result = self.runner.execute(out, self._exports)
+        return [
+            self._emit(update, result.logprobs.get(update.request.request_id))
+            for update in self.scheduler.update(out, result.sampled)
+        ]
+
+    def _emit(self, update: RequestUpdate, logprob: TokenLogprob | None) -> RequestOutput:
+        """Detokenize a request's new tokens, apply stop strings, and build its output."""
+        request = update.request
+        rid = request.request_id
+        stream = self._streams[rid]
+        step = stream.detok.update(update.new_token_ids)
+        delta = step.text_delta
+        if step.stop_matched is not None:
+            if update.finished:  # the same token also hit a length limit: the stop wins
+                request.finish_reason = FinishReason.STOP
+            else:
+                self.scheduler.finish_requests([rid], FinishReason.STOP)
+        elif update.finished:
+            delta += stream.detok.flush()
+        stream.text.append(delta)
+        if stream.logprobs is not None and logprob is not None:
+            stream.logprobs.append(logprob)
+        finished = request.is_finished
+        if finished:
+            del self._streams[rid]
+            self._exports.pop(rid, None)
+        return RequestOutput(
+            request_id=rid,
+            prompt_token_ids=request.prompt_token_ids,
+            token_ids=list(request.output_token_ids),
+            text="".join(stream.text),
+            new_token_ids=update.new_token_ids,
+            text_delta=delta,
+            finished=finished,
+            finish_reason=request.finish_reason,
+            logprobs=list(stream.logprobs) if stream.logprobs is not None else None,
+            num_cached_tokens=request.num_cached_tokens,
+        )
 
     # -- introspection ---------------------------------------------------------------------
     def stats(self) -> EngineStats:
@@ -229,44 +317,3 @@ class LLMEngine:
     def take_kv_events(self) -> list[KVEvent]:
         """Block stored/removed events since the last call (for the router's cache index)."""
         return self.kv.pool.take_events()
-
-
-def _load_tokenizer(name: str | None, folder: Path | None, model: ModelConfig) -> Tokenizer:
-    if name == "byte" or (name is None and folder is None):
-        tokenizer = load_tokenizer(None, byte_level=True)
-    else:
-        tokenizer = load_tokenizer(Path(name) if name else folder)
-    if tokenizer.vocab_size > model.vocab_size:
-        raise ConfigError(
-            f"the tokenizer has {tokenizer.vocab_size} tokens but the model only"
-            f" {model.vocab_size}; pass the model's own tokenizer"
-        )
-    return tokenizer
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but no CUDA device is visible; use 'cpu'")
-    return torch.device(name)
-
-
-def _resolve_dtype(name: str, model: ModelConfig, device: torch.device) -> torch.dtype:
-    if name != "auto":
-        return _DTYPES[name]
-    if device.type == "cpu":
-        return torch.float32  # NOTE: CPU bf16/fp16 matmuls are slow and less exact
-    if model.torch_dtype in ("bfloat16", "float16"):
-        return _DTYPES[model.torch_dtype]
-    return torch.bfloat16
-
-
-def _resolve_max_model_len(config: EngineConfig, model: ModelConfig) -> int:
-    limit = model.max_position_embeddings
-    if config.max_model_len is not None and config.max_model_len > limit:
-        raise ConfigError(
-            f"max_model_len {config.max_model_len} exceeds the model's"
-            f" max_position_embeddings {limit}"
-        )
-    return config.max_model_len or limit

@@ -62,12 +62,18 @@ class KVCacheManager:
         return hits
 
     def allocate_slots(
-        self, request: Request, num_new_tokens: int, hits: list[KVBlock] | None = None
+        self,
+        request: Request,
+        num_new_tokens: int,
+        hits: list[KVBlock] | None = None,
+        *,
+        publish: bool = True,
     ) -> list[KVBlock] | None:
         """Reserve blocks for `num_new_tokens` beyond the computed ones (after `hits`).
 
         Returns the newly allocated blocks, or None (changing nothing) when the pool
-        cannot supply them.
+        cannot supply them. With `publish=False` full blocks are not entered in the prefix
+        cache yet (their KV arrives from elsewhere; see `publish_computed_blocks`).
         """
         hits = hits or []
         blocks = self._blocks.setdefault(request.request_id, [])
@@ -85,9 +91,14 @@ class KVCacheManager:
         blocks.extend(new_blocks)
         if hits:
             self._num_cached[request.request_id] = len(blocks) - len(new_blocks)
-        if self.enable_caching:
+        if self.enable_caching and publish:
             self._cache_full_blocks(request, computed + num_new_tokens)
         return new_blocks
+
+    def publish_computed_blocks(self, request: Request) -> None:
+        """Enter the request's full, computed blocks in the prefix cache."""
+        if self.enable_caching:
+            self._cache_full_blocks(request, request.num_computed_tokens)
 
     def _cache_full_blocks(self, request: Request, num_computed_after_step: int) -> None:
         self._update_hashes(request)

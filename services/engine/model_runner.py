@@ -7,6 +7,7 @@ position of sequences that sample this step.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,17 @@ from .model.llama import LlamaForCausalLM
 from .request import RequestId
 from .sampler import Sampler, SampleRow, TokenLogprob
 from .scheduler import ScheduledRequest, SchedulerOutput
+
+
+@dataclass(frozen=True, slots=True)
+class KVExport:
+    """Hand a request's KV for some of its blocks to `sink`, layer by layer, in the step
+    that completes its prompt: `sink(layer, kv)` with kv `[2, len(block_positions),
+    block_size, num_kv_heads, head_dim]` (a copy), called as soon as that layer is done so
+    sending overlaps the remaining layers."""
+
+    block_positions: list[int]
+    sink: Callable[[int, torch.Tensor], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +52,41 @@ class ModelRunner:
         self.sampler = sampler
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput) -> ModelRunnerOutput:
+    def write_kv(self, block_ids: Sequence[int], layer_start: int, kv: torch.Tensor) -> None:
+        """Scatter received KV `[layers, 2, len(block_ids), BS, Hkv, D]` into the cache."""
+        index = torch.tensor(block_ids, dtype=torch.long, device=self.device)
+        for offset in range(kv.shape[0]):
+            cache = self.kv_caches[layer_start + offset]
+            cache.index_copy_(1, index, kv[offset].to(device=self.device, dtype=cache.dtype))
+
+    def _export_hook(
+        self, ordered: list[ScheduledRequest], exports: dict[RequestId, KVExport]
+    ) -> Callable[[int], None] | None:
+        jobs = [
+            (
+                torch.tensor(
+                    [s.block_ids[p] for p in exports[s.request_id].block_positions],
+                    dtype=torch.long,
+                    device=self.device,
+                ),
+                exports[s.request_id].sink,
+            )
+            for s in ordered
+            if s.sample and s.request_id in exports
+        ]
+        if not jobs:
+            return None
+
+        def on_layer_done(layer: int) -> None:
+            for index, sink in jobs:
+                sink(layer, self.kv_caches[layer].index_select(1, index))
+
+        return on_layer_done
+
+    @torch.inference_mode()
+    def execute(
+        self, out: SchedulerOutput, exports: dict[RequestId, KVExport] | None = None
+    ) -> ModelRunnerOutput:
         # NOTE: preempted requests keep their seeded generator: their recompute must go on
         # drawing from the same stream, or a seeded request would repeat itself.
         self.sampler.forget(out.finished_ids)
@@ -51,7 +97,8 @@ class ModelRunner:
         ordered = decodes + prefills
         input_ids, positions, slots = self._flatten(ordered)
         meta = self._metadata(decodes, prefills, slots)
-        hidden = self.model(input_ids, positions, self.kv_caches, meta)  # [T, hidden]
+        hook = self._export_hook(ordered, exports) if exports else None
+        hidden = self.model(input_ids, positions, self.kv_caches, meta, hook)  # [T, hidden]
 
         rows: list[SampleRow] = []
         last: list[int] = []

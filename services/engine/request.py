@@ -20,6 +20,8 @@ RequestId = NewType("RequestId", str)
 
 class RequestStatus(enum.Enum):
     WAITING = "waiting"
+    WAITING_FOR_KV = "waiting_for_kv"
+    """Admitted with blocks reserved; its prompt KV is arriving from a prefill worker."""
     RUNNING = "running"
     PREEMPTED = "preempted"
     FINISHED = "finished"

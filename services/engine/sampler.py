@@ -47,6 +47,15 @@ class Sampler:
         for rid in request_ids:
             self._seeded.pop(rid, None)
 
+    def advance(self, row: SampleRow, vocab_size: int, draws: int) -> None:
+        """Consume `draws` samples' worth of a seeded request's stream (drawn elsewhere, e.g.
+        the first token on a prefill worker), so its next token matches a colocated run."""
+        if row.params.greedy or row.params.seed is None:
+            return
+        gen = self._generator(row)
+        for _ in range(draws):
+            torch.empty(vocab_size, device=self.device).exponential_(generator=gen)
+
     def _generator(self, row: SampleRow) -> torch.Generator:
         if row.params.seed is None:
             return self._shared

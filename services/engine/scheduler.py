@@ -79,6 +79,16 @@ class SchedulerOutput:
 
 
 @dataclass(frozen=True, slots=True)
+class RemoteAdmission:
+    """Blocks reserved for a request whose prompt KV comes from a prefill worker."""
+
+    block_ids: list[BlockId]
+    needed_block_positions: list[int]
+    """Indices into `block_ids` whose KV must be sent (the rest are prefix-cache hits)."""
+    num_cached_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class RequestUpdate:
     request: Request
     new_token_ids: list[int]
@@ -126,9 +136,51 @@ class Scheduler:
                 continue
             if request.status is RequestStatus.RUNNING:
                 self.running.remove(request)
-            else:
+            elif request.status is not RequestStatus.WAITING_FOR_KV:
                 self.waiting.remove(request)
             self._finish(request, reason)
+
+    # -- remote prefill ----------------------------------------------------------------------
+    def admit_remote(self, request: Request) -> RemoteAdmission | None:
+        """Reserve blocks for the request's prompt, whose KV will be written from outside.
+
+        Returns None (changing nothing) when the pool cannot hold it now. The blocks are
+        not published to the prefix cache until `complete_remote`: until then their KV is
+        not there.
+        """
+        if request.request_id in self.requests:
+            raise ValueError(f"request id {request.request_id!r} is already in the engine")
+        self.check_fits(request.num_prompt_tokens, request.params.max_tokens)
+        if len(self.running) >= self.config.max_num_seqs:
+            return None
+        hits = self.kv.get_computed_blocks(request)
+        num_hit = len(hits) * self.kv.block_size
+        if (
+            self.kv.allocate_slots(request, request.num_tokens - num_hit, hits, publish=False)
+            is None
+        ):
+            return None
+        request.status = RequestStatus.WAITING_FOR_KV
+        request.num_cached_tokens = num_hit
+        self.requests[request.request_id] = request
+        block_ids = self.kv.block_ids(request.request_id)
+        return RemoteAdmission(block_ids, list(range(len(hits), len(block_ids))), num_hit)
+
+    def complete_remote(self, request_id: RequestId, first_token: int) -> RequestUpdate:
+        """The prompt's KV has arrived and the prefill side sampled `first_token`."""
+        request = self.requests.get(request_id)
+        if request is None or request.status is not RequestStatus.WAITING_FOR_KV:
+            raise ValueError(f"request {request_id!r} is not waiting for remote KV")
+        request.num_computed_tokens = request.num_tokens
+        self.kv.publish_computed_blocks(request)
+        request.output_token_ids.append(first_token)
+        reason = self._stop_reason(request, first_token)
+        if reason is None:
+            request.status = RequestStatus.RUNNING
+            bisect.insort(self.running, request, key=lambda r: r.arrival)
+        else:
+            self._finish(request, reason)
+        return RequestUpdate(request, [first_token], reason is not None)
 
     def _finish(self, request: Request, reason: FinishReason) -> None:
         request.status = RequestStatus.FINISHED

@@ -11,6 +11,7 @@ them from the separate Hugging Face tensors through `checkpoint_targets()`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import cast
 
 import torch
@@ -226,11 +227,15 @@ class LlamaForCausalLM(nn.Module):
         positions: torch.Tensor,  # [T] int64
         kv_caches: list[torch.Tensor],  # per layer [2, NB, BS, Hkv, D]
         meta: AttentionMetadata,
+        on_layer_done: Callable[[int], None] | None = None,
     ) -> torch.Tensor:  # [T, hidden], final norm applied
+        """`on_layer_done(i)` runs as soon as layer i has written its KV (KV export)."""
         hidden: torch.Tensor = self.embed_tokens(input_ids)  # [T, hidden]
         cos, sin = self.rotary_emb(positions)  # [T, 1, D] each
-        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+        for i, (layer, kv_cache) in enumerate(zip(self.layers, kv_caches, strict=True)):
             hidden = layer(hidden, cos, sin, kv_cache, meta)
+            if on_layer_done is not None:
+                on_layer_done(i)
         normed: torch.Tensor = self.norm(hidden)
         return normed
 

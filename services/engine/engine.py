@@ -252,11 +252,15 @@ class LLMEngine:
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.num_unfinished > 0
 
+    def has_work(self) -> bool:
+        """Whether `step()` can make progress (requests waiting for remote KV cannot)."""
+        return self.scheduler.has_schedulable
+
     # -- step ------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         out = self.scheduler.schedule()
         if out.is_empty:
-            if self.scheduler.num_unfinished:
+            if self.scheduler.has_schedulable:
                 raise RuntimeError("scheduler made no progress with requests pending")
             self.runner.execute(out)  # releases per-request sampler state
             return []

@@ -193,6 +193,11 @@ class Scheduler:
     def num_unfinished(self) -> int:
         return len(self.requests)
 
+    @property
+    def has_schedulable(self) -> bool:
+        """Requests a step can advance (not those waiting for remote KV)."""
+        return bool(self.waiting or self.running)
+
     # -- schedule --------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
         budget = self.config.max_num_batched_tokens

@@ -1,0 +1,1 @@
+"""The router: client-facing API, worker registry, placement. Never imports torch."""

@@ -1,0 +1,73 @@
+"""The router's worker registry: register, heartbeat, expire. Pure; time is passed in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .workers import WorkerId, WorkerInfo, WorkerLoad, WorkerRecord, WorkerState
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryConfig:
+    ttl_s: float = 6.0
+    """A worker silent this long is dropped: three missed heartbeats at the default 2 s."""
+
+    def __post_init__(self) -> None:
+        if not self.ttl_s > 0:
+            raise ValueError(f"ttl_s must be positive, got {self.ttl_s}")
+
+
+class UnknownWorkerError(KeyError):
+    """A heartbeat from a worker the registry does not know (it should re-register)."""
+
+
+class Registry:
+    def __init__(self, config: RegistryConfig | None = None) -> None:
+        self.config = config or RegistryConfig()
+        self._workers: dict[WorkerId, WorkerRecord] = {}
+
+    def register(self, info: WorkerInfo, load: WorkerLoad, now: float) -> None:
+        """Add a worker, or replace one that re-registers under the same id (a restart)."""
+        if not info.worker_id:
+            raise ValueError("worker_id must be non-empty")
+        if not info.address:
+            raise ValueError(f"worker {info.worker_id!r} has no address")
+        self._workers[info.worker_id] = WorkerRecord(info, load, now)
+
+    def heartbeat(
+        self, worker_id: WorkerId, load: WorkerLoad, now: float, *, draining: bool = False
+    ) -> None:
+        record = self._workers.get(worker_id)
+        if record is None:
+            raise UnknownWorkerError(worker_id)
+        record.load = load
+        record.last_seen = now
+        if draining:
+            record.state = WorkerState.DRAINING
+
+    def set_draining(self, worker_id: WorkerId) -> None:
+        record = self._workers.get(worker_id)
+        if record is not None:
+            record.state = WorkerState.DRAINING
+
+    def remove(self, worker_id: WorkerId) -> bool:
+        return self._workers.pop(worker_id, None) is not None
+
+    def expire(self, now: float) -> list[WorkerId]:
+        """Drop workers not heard from within the TTL; returns their ids."""
+        dead = [wid for wid, r in self._workers.items() if now - r.last_seen > self.config.ttl_s]
+        for wid in dead:
+            del self._workers[wid]
+        return dead
+
+    def get(self, worker_id: WorkerId) -> WorkerRecord | None:
+        return self._workers.get(worker_id)
+
+    def records(self) -> list[WorkerRecord]:
+        return list(self._workers.values())
+
+    def placed(self, worker_id: WorkerId, delta: int) -> None:
+        """Count a request placed on (+1) or finished on (-1) a worker."""
+        record = self._workers.get(worker_id)
+        if record is not None:
+            record.in_flight = max(0, record.in_flight + delta)

@@ -1,0 +1,179 @@
+"""Registry and placement v1: table-driven, no I/O."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvferry.services.router.placement import (
+    LeastLoaded,
+    LeastLoadedConfig,
+    NoEligibleWorkersError,
+    Placement,
+    PlacementRequest,
+)
+from kvferry.services.router.registry import Registry, RegistryConfig, UnknownWorkerError
+from kvferry.services.router.workers import (
+    Role,
+    WorkerId,
+    WorkerInfo,
+    WorkerLoad,
+    WorkerRecord,
+    WorkerState,
+)
+
+
+def worker(
+    wid: str,
+    role: Role,
+    *,
+    running: int = 0,
+    waiting: int = 0,
+    prefill_tokens: int = 0,
+    free: int = 100,
+    in_flight: int = 0,
+    draining: bool = False,
+) -> WorkerRecord:
+    info = WorkerInfo(WorkerId(wid), role, f"127.0.0.1:{len(wid)}", "127.0.0.1:1", "tiny")
+    load = WorkerLoad(waiting, running, prefill_tokens, free, 100)
+    state = WorkerState.DRAINING if draining else WorkerState.HEALTHY
+    return WorkerRecord(info, load, 0.0, state, in_flight)
+
+
+P, D, M = Role.PREFILL, Role.DECODE, Role.MIXED
+LONG, SHORT = 500, 10
+
+CASES = [
+    # (name, workers, prompt tokens, excluded, expected placement)
+    ("one pair", [worker("p", P), worker("d", D)], LONG, (), ("d", "p")),
+    ("short prompt skips prefill", [worker("p", P), worker("d", D)], SHORT, (), ("d", None)),
+    ("no prefill worker: decode computes", [worker("d", D)], LONG, (), ("d", None)),
+    (
+        "least busy decode",
+        [worker("d1", D, running=5), worker("d2", D, running=1), worker("p", P)],
+        LONG,
+        (),
+        ("d2", "p"),
+    ),
+    (
+        "router's in-flight count beats a stale heartbeat",
+        [worker("d1", D, in_flight=4), worker("d2", D, running=2), worker("p", P)],
+        LONG,
+        (),
+        ("d2", "p"),
+    ),
+    (
+        "tie on load: more free KV blocks",
+        [worker("d1", D, free=10), worker("d2", D, free=90), worker("p", P)],
+        LONG,
+        (),
+        ("d2", "p"),
+    ),
+    (
+        "prefill by waiting prompt tokens",
+        [worker("d", D), worker("p1", P, prefill_tokens=4000), worker("p2", P, prefill_tokens=10)],
+        LONG,
+        (),
+        ("d", "p2"),
+    ),
+    (
+        "draining workers take nothing new",
+        [worker("d1", D, draining=True), worker("d2", D, running=9), worker("p", P, draining=True)],
+        LONG,
+        (),
+        ("d2", None),
+    ),
+    (
+        "failed workers are excluded on retry",
+        [worker("d1", D), worker("d2", D, running=3), worker("p1", P), worker("p2", P, waiting=2)],
+        LONG,
+        ("d1", "p1"),
+        ("d2", "p2"),
+    ),
+    ("one mixed worker runs whole", [worker("m", M)], LONG, (), ("m", None)),
+    (
+        "mixed workers run whole requests (the colocated baseline)",
+        [worker("m1", M, running=1), worker("m2", M)],
+        LONG,
+        (),
+        ("m2", None),
+    ),
+    (
+        "a mixed worker decodes after a prefill worker",
+        [worker("m", M), worker("p", P)],
+        LONG,
+        (),
+        ("m", "p"),
+    ),
+    ("prefill-only cluster cannot decode", [worker("p", P)], LONG, (), None),
+    ("empty cluster", [], LONG, (), None),
+    ("every decoder excluded", [worker("d", D), worker("p", P)], LONG, ("d",), None),
+]
+
+
+@pytest.mark.parametrize(
+    ("workers", "tokens", "exclude", "expected"),
+    [c[1:] for c in CASES],
+    ids=[c[0] for c in CASES],
+)
+def test_least_loaded_placement(
+    workers: list[WorkerRecord],
+    tokens: int,
+    exclude: tuple[str, ...],
+    expected: tuple[str, str | None] | None,
+) -> None:
+    policy = LeastLoaded(LeastLoadedConfig(short_prompt_tokens=64))
+    request = PlacementRequest(tokens, frozenset(WorkerId(w) for w in exclude))
+    if expected is None:
+        with pytest.raises(NoEligibleWorkersError, match="no decode-capable worker"):
+            policy.place(request, workers)
+    else:
+        decode, prefill = expected
+        assert policy.place(request, workers) == Placement(
+            WorkerId(decode), WorkerId(prefill) if prefill else None
+        )
+
+
+def test_registry_register_heartbeat_expire_and_restart() -> None:
+    reg = Registry(RegistryConfig(ttl_s=5.0))
+    a = worker("a", D).info
+    reg.register(a, WorkerLoad(), now=0.0)
+    reg.register(worker("b", P).info, WorkerLoad(), now=0.0)
+    reg.heartbeat(a.worker_id, WorkerLoad(num_running=3, free_kv_blocks=5, total_kv_blocks=9), 4.0)
+    assert reg.expire(now=5.5) == [WorkerId("b")]
+    record = reg.get(a.worker_id)
+    assert record is not None and record.load.num_running == 3
+    reg.placed(a.worker_id, +1)
+    reg.placed(a.worker_id, -1)
+    reg.placed(a.worker_id, -1)
+    assert record.in_flight == 0  # never negative
+    with pytest.raises(UnknownWorkerError):
+        reg.heartbeat(WorkerId("b"), WorkerLoad(), 6.0)
+    reg.heartbeat(a.worker_id, WorkerLoad(), 6.0, draining=True)
+    assert record.state is WorkerState.DRAINING
+    reg.register(a, WorkerLoad(), now=7.0)  # a restart re-registers: healthy again
+    restarted = reg.get(a.worker_id)
+    assert restarted is not None and restarted.state is WorkerState.HEALTHY
+    assert reg.expire(now=12.1) == [a.worker_id]
+    assert reg.records() == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_running": -1}, "num_running"),
+        ({"free_kv_blocks": 5, "total_kv_blocks": 4}, "exceeds"),
+    ],
+)
+def test_bad_load_reports_are_rejected(kwargs: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        WorkerLoad(**kwargs)
+
+
+def test_bad_registration_and_config() -> None:
+    reg = Registry()
+    with pytest.raises(ValueError, match="worker_id"):
+        reg.register(WorkerInfo(WorkerId(""), D, "x:1", "x:2", "tiny"), WorkerLoad(), 0.0)
+    with pytest.raises(ValueError, match="ttl_s"):
+        RegistryConfig(ttl_s=0)
+    with pytest.raises(ValueError, match="short_prompt_tokens"):
+        LeastLoadedConfig(short_prompt_tokens=-1)

@@ -15,7 +15,7 @@ _LAZY = {
     "LLM": "kvferry.services.engine.llm",
     "LLMEngine": "kvferry.services.engine.engine",
     "EngineConfig": "kvferry.services.engine.config",
-    "SamplingParams": "kvferry.services.engine.sampling_params",
+    "SamplingParams": "kvferry.sampling_params",
     "RequestOutput": "kvferry.services.engine.outputs",
     "FinishReason": "kvferry.services.engine.request",
 }
@@ -30,12 +30,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from kvferry.sampling_params import SamplingParams
     from kvferry.services.engine.config import EngineConfig
     from kvferry.services.engine.engine import LLMEngine
     from kvferry.services.engine.llm import LLM
     from kvferry.services.engine.outputs import RequestOutput
     from kvferry.services.engine.request import FinishReason
-    from kvferry.services.engine.sampling_params import SamplingParams
 
 
 def __getattr__(name: str) -> Any:

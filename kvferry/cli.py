@@ -65,9 +65,9 @@ def _version() -> str:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from kvferry.sampling_params import SamplingParams
     from kvferry.services.engine.config import EngineConfig
     from kvferry.services.engine.llm import LLM
-    from kvferry.services.engine.sampling_params import SamplingParams
 
     config = dataclass_from_args(EngineConfig, args)
     params = SamplingParams(

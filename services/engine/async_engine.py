@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kvferry.errors import CapacityError
+from kvferry.sampling_params import SamplingParams
 
 from .engine import LLMEngine
 from .model_runner import KVExport
 from .outputs import EngineStats, RequestOutput
-from .sampling_params import SamplingParams
 from .scheduler import RemoteAdmission
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from kvferry.errors import TransferError
+from kvferry.sampling_params import SamplingParams
 
 from .attention import AttentionBackend
 from .block_pool import KVEvent
@@ -39,7 +40,6 @@ from .resolve import (
     resolve_tokenizer,
 )
 from .sampler import Sampler, SampleRow, TokenLogprob
-from .sampling_params import SamplingParams
 from .scheduler import RemoteAdmission, RequestUpdate, Scheduler, SchedulerConfig
 
 log = logging.getLogger(__name__)

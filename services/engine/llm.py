@@ -12,10 +12,11 @@ import itertools
 from collections.abc import Sequence
 from typing import Any, cast
 
+from kvferry.sampling_params import SamplingParams
+
 from .config import EngineConfig
 from .engine import LLMEngine
 from .outputs import RequestOutput
-from .sampling_params import SamplingParams
 
 Prompt = str | Sequence[int]
 

@@ -12,8 +12,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import NewType
 
+from kvferry.sampling_params import SamplingParams
+
 from .block_hash import BlockHash
-from .sampling_params import SamplingParams
 
 RequestId = NewType("RequestId", str)
 

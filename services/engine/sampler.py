@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
+from kvferry.sampling_params import SamplingParams
+
 from .request import RequestId
-from .sampling_params import SamplingParams
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,10 +19,11 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from kvferry.sampling_params import SamplingParams
+
 from .block_pool import BlockId
 from .kv_cache_manager import KVCacheManager
 from .request import FinishReason, Request, RequestId, RequestStatus
-from .sampling_params import SamplingParams
 
 
 @dataclass(frozen=True, slots=True)

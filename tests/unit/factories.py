@@ -10,10 +10,10 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
+from kvferry.sampling_params import SamplingParams
 from kvferry.services.engine.block_pool import BlockPool, KVBlock
 from kvferry.services.engine.kv_cache_manager import KVCacheManager
 from kvferry.services.engine.request import Request, RequestId
-from kvferry.services.engine.sampling_params import SamplingParams
 from kvferry.services.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 
 BLOCK_SIZE = 4

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from kvferry.services.engine.sampling_params import SamplingParams
+from kvferry.sampling_params import SamplingParams
 
 
 def test_defaults_are_valid_and_not_greedy() -> None:

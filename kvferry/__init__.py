@@ -17,7 +17,7 @@ _LAZY = {
     "EngineConfig": "kvferry.services.engine.config",
     "SamplingParams": "kvferry.sampling_params",
     "RequestOutput": "kvferry.services.engine.outputs",
-    "FinishReason": "kvferry.services.engine.request",
+    "FinishReason": "kvferry.finish",
 }
 
 __all__ = [
@@ -30,12 +30,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from kvferry.finish import FinishReason
     from kvferry.sampling_params import SamplingParams
     from kvferry.services.engine.config import EngineConfig
     from kvferry.services.engine.engine import LLMEngine
     from kvferry.services.engine.llm import LLM
     from kvferry.services.engine.outputs import RequestOutput
-    from kvferry.services.engine.request import FinishReason
 
 
 def __getattr__(name: str) -> Any:

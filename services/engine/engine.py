@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from kvferry.errors import TransferError
+from kvferry.finish import FinishReason
 from kvferry.sampling_params import SamplingParams
 
 from .attention import AttentionBackend
@@ -32,7 +33,7 @@ from .kv_cache_manager import KVCacheManager
 from .model.loader import load_model, resolve_model
 from .model_runner import KVExport, ModelRunner
 from .outputs import EngineStats, RequestOutput
-from .request import FinishReason, Request, RequestId
+from .request import Request, RequestId
 from .resolve import (
     resolve_device,
     resolve_dtype,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .request import FinishReason, RequestId
+from kvferry.finish import FinishReason
+
+from .request import RequestId
 from .sampler import TokenLogprob
 
 

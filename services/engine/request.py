@@ -12,6 +12,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import NewType
 
+from kvferry.finish import FinishReason
 from kvferry.sampling_params import SamplingParams
 
 from .block_hash import BlockHash
@@ -26,14 +27,6 @@ class RequestStatus(enum.Enum):
     RUNNING = "running"
     PREEMPTED = "preempted"
     FINISHED = "finished"
-
-
-class FinishReason(enum.Enum):
-    """Why a request ended (an enum on the wire too, never a free string)."""
-
-    STOP = "stop"  # EOS, a stop token id or a stop string
-    LENGTH = "length"  # max_tokens or the model's context length
-    ABORT = "abort"  # cancelled by the caller
 
 
 @dataclass(slots=True, eq=False)

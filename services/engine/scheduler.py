@@ -19,11 +19,12 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from kvferry.finish import FinishReason
 from kvferry.sampling_params import SamplingParams
 
 from .block_pool import BlockId
 from .kv_cache_manager import KVCacheManager
-from .request import FinishReason, Request, RequestId, RequestStatus
+from .request import Request, RequestId, RequestStatus
 
 
 @dataclass(frozen=True, slots=True)

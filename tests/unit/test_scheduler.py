@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from kvferry.finish import FinishReason
 from kvferry.services.engine.block_pool import BlockRemoved, BlockStored, KVEvent
-from kvferry.services.engine.request import FinishReason, RequestId, RequestStatus
+from kvferry.services.engine.request import RequestId, RequestStatus
 from kvferry.services.engine.scheduler import SchedulerConfig, SchedulerOutput
 
 from .factories import (

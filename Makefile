@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: setup run test lint typecheck bench wheel-check clean
+.PHONY: setup run test lint typecheck bench proto wheel-check clean
 
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: setup lint typecheck  ## lint, types, then every test (GPU-only tests skip
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) -m kvferry.protogen --check
+
+proto: setup  ## regenerate kvferry/_proto from proto/ (commit the result)
+	$(PY) -m kvferry.protogen
 
 typecheck: setup
 	$(VENV)/bin/mypy

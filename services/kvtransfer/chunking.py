@@ -1,0 +1,145 @@
+"""Slabs to wire chunks and back: split by size, checksum, verify. Pure (no I/O).
+
+A slab is split along layers first (whole layers per chunk while they fit) and then along
+blocks, so a chunk is always a dense [layers, 2, blocks, block_size, heads, head_dim]
+tensor. Payloads are raw little-endian bytes; bfloat16 travels as its 16-bit patterns, so
+every dtype round-trips bit for bit. Splitting copies nothing (chunks view the slab);
+assembling copies each payload once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import google_crc32c
+import numpy as np
+import torch
+
+from kvferry._proto.kvferry.v1 import kvtransfer_pb2 as pb
+
+from .dtypes import from_wire, to_wire
+from .errors import ChunkCorruptError, ChunkTooLargeError, TransferRejectedError
+from .slab import KVSlab
+from .wire_chunk import Buffer, WireChunk
+
+DEFAULT_MAX_CHUNK_BYTES = 4 << 20
+
+
+def crc32c(*buffers: Buffer) -> int:
+    """CRC32C (Castagnoli) of the concatenated buffers, as carried in `KVChunk.crc32c`."""
+    crc = 0
+    for buffer in buffers:
+        crc = google_crc32c.extend(crc, buffer)
+    return int(crc)
+
+
+def split_slab(
+    slab: KVSlab, max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES, *, first_seq: int = 0
+) -> list[WireChunk]:
+    """Chunks of at most `max_chunk_bytes` payload each, numbered from `first_seq`.
+
+    Payloads are views of the slab's (CPU, contiguous) memory, not copies: leave the
+    tensor alone until the push is answered. Raises ChunkTooLargeError when one block of
+    one layer alone exceeds the limit.
+    """
+    data = slab.data.detach()
+    if data.device.type != "cpu":
+        data = data.cpu()
+    data = data.contiguous()
+    num_layers, _, num_blocks = data.shape[:3]
+    block_layer_bytes = data[0, :, 0].numel() * data.element_size()  # [2, BS, Hkv, D]
+    if block_layer_bytes > max_chunk_bytes:
+        raise ChunkTooLargeError(
+            f"one block of one layer is {block_layer_bytes} bytes, more than max_chunk_bytes"
+            f" ({max_chunk_bytes}); raise max_chunk_bytes to at least {block_layer_bytes}"
+        )
+    layer_bytes = block_layer_bytes * num_blocks
+    if layer_bytes <= max_chunk_bytes:
+        layers_per_chunk, blocks_per_chunk = max_chunk_bytes // layer_bytes, num_blocks
+    else:
+        layers_per_chunk, blocks_per_chunk = 1, max_chunk_bytes // block_layer_bytes
+    wire_dtype = to_wire(data.dtype)
+    raw = data.view(torch.uint8).numpy()  # [L, 2, B, BS, Hkv, D * itemsize], no copy
+
+    chunks: list[WireChunk] = []
+    for l0 in range(0, num_layers, layers_per_chunk):
+        l1 = min(l0 + layers_per_chunk, num_layers)
+        for b0 in range(0, num_blocks, blocks_per_chunk):
+            b1 = min(b0 + blocks_per_chunk, num_blocks)
+            if b1 - b0 == num_blocks:  # whole layers: one contiguous run
+                pieces: tuple[Buffer, ...] = (raw[l0:l1].reshape(-1),)
+            else:  # K then V of each layer: contiguous runs of blocks
+                pieces = tuple(
+                    raw[layer, kv, b0:b1].reshape(-1) for layer in range(l0, l1) for kv in (0, 1)
+                )
+            header = pb.KVChunk(
+                request_id=slab.request_id,
+                seq=first_seq + len(chunks),
+                layer_start=slab.layer_start + l0,
+                layer_end=slab.layer_start + l1,
+                block_positions=slab.block_positions[b0:b1],
+                dtype=wire_dtype,
+                shape=[l1 - l0, 2, b1 - b0, *data.shape[3:]],
+                crc32c=crc32c(*pieces),
+            )
+            chunks.append(WireChunk(header, pieces))
+    return chunks
+
+
+def end_chunk(request_id: str, total_chunks: int, first_token_id: int | None) -> WireChunk:
+    """The last message of a push: no payload, the data-chunk count, maybe the first token."""
+    end = pb.KVPushEnd(total_chunks=total_chunks)
+    if first_token_id is not None:
+        end.first_token_id = first_token_id
+    return WireChunk(pb.KVChunk(request_id=request_id, seq=total_chunks, end=end))
+
+
+def assemble(chunk: WireChunk) -> KVSlab:
+    """Verify a data chunk and turn it back into a slab (a fresh, writable CPU tensor).
+
+    ChunkCorruptError: CRC32C mismatch, or shape disagreeing with the payload length.
+    TransferRejectedError: not a data chunk, an unsupported dtype, or header fields that
+    contradict each other (a sender bug; resending will not help).
+    """
+    head = chunk.header
+    where = f"chunk {head.seq} of {head.request_id!r}"
+    if chunk.is_end:
+        raise TransferRejectedError(f"{where} is an end message, not data")
+    size = chunk.payload_len
+    actual_crc = crc32c(*chunk.payload)
+    if actual_crc != head.crc32c:
+        raise ChunkCorruptError(
+            f"{where}: CRC32C {actual_crc:#010x} != {head.crc32c:#010x} sent ({size} payload bytes)"
+        )
+    dtype = from_wire(head.dtype)
+    shape = tuple(head.shape)
+    num_layers = head.layer_end - head.layer_start
+    header = (num_layers, 2, len(head.block_positions))
+    if len(shape) != 6 or shape[:3] != header or min(shape) < 1:
+        raise TransferRejectedError(
+            f"{where}: shape {list(shape)} does not match its header ({num_layers} layers"
+            f" from {head.layer_start}, {len(head.block_positions)} block positions)"
+        )
+    expected_bytes = math.prod(shape) * dtype.itemsize
+    if expected_bytes != size:
+        raise ChunkCorruptError(
+            f"{where}: shape {list(shape)} of {dtype} needs {expected_bytes} bytes,"
+            f" payload has {size}"
+        )
+    # NOTE: one copy, out of the received message into memory the tensor owns (the
+    # message bytes are immutable, and a sink may keep or write the tensor).
+    out = torch.empty(size, dtype=torch.uint8)
+    dest, offset = out.numpy(), 0
+    for piece in chunk.payload:
+        n = len(piece)
+        dest[offset : offset + n] = (
+            np.frombuffer(piece, np.uint8) if isinstance(piece, bytes) else piece
+        )
+        offset += n
+    return KVSlab(
+        request_id=head.request_id,
+        layer_start=head.layer_start,
+        layer_end=head.layer_end,
+        block_positions=list(head.block_positions),
+        data=out.view(dtype).reshape(shape),
+    )

@@ -73,9 +73,10 @@ class AsyncEngine:
     # -- calls -----------------------------------------------------------------------------
     async def call(self, fn: Callable[[LLMEngine], T]) -> T:
         """Run `fn(engine)` on the engine thread and return its result (or raise its error)."""
-        return await asyncio.wrap_future(self._submit(fn))
+        return await asyncio.wrap_future(self.submit(fn))
 
-    def _submit(self, fn: Callable[[LLMEngine], T]) -> Future[T]:
+    def submit(self, fn: Callable[[LLMEngine], T]) -> Future[T]:
+        """Queue `fn(engine)` for the engine thread without waiting (commands run in order)."""
         if self._error is not None or self._stopping:
             raise EngineDeadError("the engine is not running") from self._error
         future: Future[T] = Future()
@@ -166,7 +167,7 @@ class AsyncEngine:
         finally:
             self._streams.pop(request_id, None)
             if not finished and self._error is None and not self._stopping:
-                self._submit(lambda e: e.abort(request_id))  # NOTE: no await while closing
+                self.submit(lambda e: e.abort(request_id))  # NOTE: no await while closing
 
     def _deliver(self, out: RequestOutput) -> None:
         target = self._streams.get(out.request_id)

@@ -1,0 +1,90 @@
+"""The Registry gRPC service: workers register and heartbeat; a thin adapter over
+`Registry`. The clock is injected (tests), defaulting to the monotonic clock."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import grpc
+
+from kvferry._proto.kvferry.v1 import generation_pb2 as gen_pb
+from kvferry._proto.kvferry.v1 import worker_pb2 as pb
+from kvferry._proto.kvferry.v1 import worker_pb2_grpc as pb_grpc
+from kvferry.services.engine.block_hash import HASH_SCHEME_VERSION
+
+from .registry import Registry, UnknownWorkerError
+from .workers import Role, WorkerId, WorkerInfo, WorkerLoad
+
+ROLE_FROM_PROTO = {
+    gen_pb.WORKER_ROLE_PREFILL: Role.PREFILL,
+    gen_pb.WORKER_ROLE_DECODE: Role.DECODE,
+    gen_pb.WORKER_ROLE_MIXED: Role.MIXED,
+}
+ROLE_TO_PROTO = {v: k for k, v in ROLE_FROM_PROTO.items()}
+
+
+def load_from_proto(load: gen_pb.WorkerLoad) -> WorkerLoad:
+    return WorkerLoad(
+        num_waiting=load.num_waiting,
+        num_running=load.num_running,
+        prefill_tokens_waiting=load.prefill_tokens_waiting,
+        free_kv_blocks=load.free_kv_blocks,
+        total_kv_blocks=load.total_kv_blocks,
+    )
+
+
+class RegistryServicer(pb_grpc.RegistryServicer):
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        heartbeat_interval_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.clock = clock
+
+    async def Register(
+        self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RegisterResponse:
+        role = ROLE_FROM_PROTO.get(request.role)
+        if role is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "role must be set")
+            raise AssertionError("unreachable")
+        if request.block_hash_scheme != HASH_SCHEME_VERSION:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"worker uses block-hash scheme {request.block_hash_scheme}, the router"
+                f" {HASH_SCHEME_VERSION}: upgrade them together",
+            )
+        try:
+            info = WorkerInfo(
+                WorkerId(request.worker_id),
+                role,
+                request.address,
+                request.kv_endpoint,
+                request.model,
+                dict(request.labels),
+            )
+            self.registry.register(info, load_from_proto(request.load), self.clock())
+        except ValueError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        return pb.RegisterResponse(heartbeat_interval_ms=int(self.heartbeat_interval_s * 1000))
+
+    async def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HeartbeatResponse:
+        try:
+            self.registry.heartbeat(
+                WorkerId(request.worker_id),
+                load_from_proto(request.load),
+                self.clock(),
+                draining=request.draining,
+            )
+        except UnknownWorkerError:
+            return pb.HeartbeatResponse(must_register=True)
+        except ValueError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        return pb.HeartbeatResponse(must_register=False)

@@ -1,0 +1,87 @@
+"""The worker's side of the Registry: register, heartbeat, re-register when told to.
+
+Runs as a background task. A router that is down or slow never stops the worker: calls
+carry deadlines and failures are retried with capped backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from kvferry._proto.kvferry.v1 import generation_pb2 as gen_pb
+from kvferry._proto.kvferry.v1 import worker_pb2 as pb
+from kvferry._proto.kvferry.v1 import worker_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+_MAX_BACKOFF_S = 5.0
+
+
+class Registration:
+    def __init__(
+        self,
+        router: str,
+        announce: Callable[[], Awaitable[pb.RegisterRequest]],
+        load: Callable[[], Awaitable[gen_pb.WorkerLoad]],
+        draining: Callable[[], bool],
+        *,
+        interval_s: float = 2.0,
+        rpc_timeout_s: float = 2.0,
+    ) -> None:
+        self.router = router
+        self.announce = announce
+        self.load = load
+        self.draining = draining
+        self.interval_s = interval_s
+        self.rpc_timeout_s = rpc_timeout_s
+        self.registered = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="kvferry-registration")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        async with grpc.aio.insecure_channel(self.router) as channel:
+            stub = pb_grpc.RegistryStub(channel)  # type: ignore[no-untyped-call]
+            while True:
+                try:
+                    if not self.registered.is_set():
+                        reply = await stub.Register(
+                            await self.announce(), timeout=self.rpc_timeout_s
+                        )
+                        if reply.heartbeat_interval_ms:
+                            self.interval_s = reply.heartbeat_interval_ms / 1000
+                        self.registered.set()
+                        log.info("registered with router %s", self.router)
+                    else:
+                        request = pb.HeartbeatRequest(
+                            worker_id=(await self.announce()).worker_id,
+                            load=await self.load(),
+                            draining=self.draining(),
+                        )
+                        beat = await stub.Heartbeat(request, timeout=self.rpc_timeout_s)
+                        if beat.must_register:
+                            log.warning(
+                                "router %s forgot this worker; registering again", self.router
+                            )
+                            self.registered.clear()
+                            continue
+                    backoff = 0.1
+                    await asyncio.sleep(self.interval_s)
+                except grpc.aio.AioRpcError as err:
+                    log.warning(
+                        "router %s unreachable (%s); retrying", self.router, err.code().name
+                    )
+                    self.registered.clear()
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _MAX_BACKOFF_S)

@@ -1,0 +1,155 @@
+"""A worker process's gRPC server: Worker and KVTransfer services on one port, plus the
+standard health service and server reflection.
+
+    server = await WorkerServer.start(EngineConfig(model="tiny"), WorkerConfig(role="decode"))
+    server.address        # host:port (the KV endpoint too)
+    await server.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from kvferry._proto.kvferry.v1 import generation_pb2 as gen_pb
+from kvferry._proto.kvferry.v1 import (
+    kvtransfer_pb2,
+    kvtransfer_pb2_grpc,
+    worker_pb2,
+    worker_pb2_grpc,
+)
+from kvferry.services.engine.async_engine import AsyncEngine
+from kvferry.services.engine.block_hash import HASH_SCHEME_VERSION
+from kvferry.services.engine.config import EngineConfig
+from kvferry.services.engine.engine import LLMEngine
+from kvferry.services.kvtransfer.config import KVTransferConfig
+from kvferry.services.kvtransfer.factory import TransportKind, make_sender
+from kvferry.services.kvtransfer.protocols import KVSender
+from kvferry.services.kvtransfer.servicer import KVTransferServicer
+from kvferry.services.router.registry_servicer import ROLE_TO_PROTO
+from kvferry.services.router.workers import Role
+
+from .config import WorkerConfig
+from .convert import load_to_proto
+from .kv_sink import Admitted, EngineKVSink
+from .registration import Registration
+from .servicer import WorkerServicer
+
+log = logging.getLogger(__name__)
+
+
+class WorkerServer:
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        engine: AsyncEngine,
+        servicer: WorkerServicer,
+        sender: KVSender,
+        address: str,
+        registration: Registration | None,
+    ) -> None:
+        self.server = server
+        self.engine = engine
+        self.servicer = servicer
+        self.sender = sender
+        self.address = address
+        self.registration = registration
+
+    @classmethod
+    async def start(
+        cls,
+        engine_config: EngineConfig,
+        config: WorkerConfig,
+        *,
+        kv_config: KVTransferConfig | None = None,
+        reflection_enabled: bool = True,
+    ) -> WorkerServer:
+        kv_config = kv_config or KVTransferConfig()
+        llm_engine = await asyncio.to_thread(LLMEngine, engine_config)
+        engine = AsyncEngine(llm_engine, max_pending=config.max_pending)
+        server = grpc.aio.server(options=kv_config.grpc_options())
+        port = server.add_insecure_port(f"{config.host}:{config.port}")
+        if port == 0:
+            raise OSError(f"cannot bind {config.host}:{config.port}")
+        address = f"{config.host}:{port}"
+        config = replace(
+            config, port=port, worker_id=config.worker_id or f"{config.role}-{address}"
+        )
+        admitted: dict[str, Admitted] = {}
+        sink = EngineKVSink(engine, llm_engine.cache_layout, admitted, asyncio.get_running_loop())
+        sender = make_sender(TransportKind.GRPC, kv_config)
+        servicer = WorkerServicer(engine, sender, config, address, admitted)
+        worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+        kvtransfer_pb2_grpc.add_KVTransferServicer_to_server(  # type: ignore[no-untyped-call]
+            KVTransferServicer(sink, kv_config), server
+        )
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        names = [
+            worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name,
+            kvtransfer_pb2.DESCRIPTOR.services_by_name["KVTransfer"].full_name,
+            health.SERVICE_NAME,
+        ]
+        if reflection_enabled:
+            reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+        engine.start()
+        await server.start()
+        for name in ("", *names):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "worker serving: worker_id=%s role=%s address=%s",
+            config.worker_id,
+            config.role,
+            address,
+        )
+        registration = None
+        if config.router:
+            registration = _registration(config, servicer, engine, address)
+            registration.start()
+        return cls(server, engine, servicer, sender, address, registration)
+
+    async def stop(self, grace_s: float = 1.0) -> None:
+        if self.registration is not None:
+            await self.registration.stop()
+        await self.server.stop(grace_s)
+        await self.sender.close()
+        await self.engine.shutdown()
+
+
+def _registration(
+    config: WorkerConfig, servicer: WorkerServicer, engine: AsyncEngine, address: str
+) -> Registration:
+    llm = engine.engine
+
+    async def load() -> gen_pb.WorkerLoad:
+        return load_to_proto(await engine.stats())
+
+    async def announce() -> worker_pb2.RegisterRequest:
+        return worker_pb2.RegisterRequest(
+            worker_id=config.worker_id,
+            role=ROLE_TO_PROTO[Role(config.role)],
+            address=address,
+            kv_endpoint=address if config.role != "prefill" else "",
+            model=llm.config.model,
+            capacity=worker_pb2.WorkerCapacity(
+                total_kv_blocks=llm.cache_layout.num_blocks,
+                max_num_seqs=llm.config.max_num_seqs,
+                max_model_len=llm.max_model_len,
+                kv_layout=servicer.layout_proto,
+            ),
+            block_hash_scheme=HASH_SCHEME_VERSION,
+            load=await load(),
+        )
+
+    return Registration(
+        config.router,
+        announce,
+        load,
+        lambda: servicer.draining,
+        interval_s=config.heartbeat_interval_s,
+    )

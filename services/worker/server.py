@@ -17,12 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kvferry._proto.kvferry.v1 import generation_pb2 as gen_pb
-from kvferry._proto.kvferry.v1 import (
-    kvtransfer_pb2,
-    kvtransfer_pb2_grpc,
-    worker_pb2,
-    worker_pb2_grpc,
-)
+from kvferry._proto.kvferry.v1 import kvtransfer_pb2, worker_pb2, worker_pb2_grpc
 from kvferry.services.engine.async_engine import AsyncEngine
 from kvferry.services.engine.block_hash import HASH_SCHEME_VERSION
 from kvferry.services.engine.config import EngineConfig
@@ -85,9 +80,7 @@ class WorkerServer:
         sender = make_sender(TransportKind.GRPC, kv_config)
         servicer = WorkerServicer(engine, sender, config, address, admitted)
         worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-        kvtransfer_pb2_grpc.add_KVTransferServicer_to_server(  # type: ignore[no-untyped-call]
-            KVTransferServicer(sink, kv_config), server
-        )
+        KVTransferServicer(sink, kv_config).add_to_server(server)  # zero-copy payload decode
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = [

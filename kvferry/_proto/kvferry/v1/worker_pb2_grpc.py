@@ -96,10 +96,11 @@ class WorkerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Decode(self, request, context):
-        """Decode side: stream the tokens of an admitted request. Without compute_prompt it
-        starts once the request's KV has arrived and streams the tokens after the first one
-        (which Prefill returned); with compute_prompt it computes the missing prompt KV itself
-        and streams from the first token. The last message has finish_reason and usage.
+        """Decode side: stream the tokens of an admitted request, from the first token on (the
+        one Prefill returned comes first, with its text, so the stream's text deltas are
+        whole). Without compute_prompt it starts once the request's KV has arrived (and
+        recomputes the prompt here if that KV is incomplete); with compute_prompt it computes
+        the prompt itself. The last message has finish_reason and usage.
         Cancelling the call aborts the request and frees its blocks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -34,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     from kvferry.services.engine.config import EngineConfig
+    from kvferry.services.worker.config import WorkerConfig
 
     parser = argparse.ArgumentParser(prog="kvferry", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -52,6 +53,16 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--sampling-seed", type=int, default=None)
     add_dataclass_args(gen, EngineConfig)
     gen.set_defaults(func=_generate)
+
+    worker = sub.add_parser(
+        "worker",
+        help="run a prefill, decode or mixed worker (gRPC) until SIGTERM",
+        description="Serve the Worker and KVTransfer gRPC services around an engine; on"
+        " SIGTERM stop taking requests, finish in-flight ones, and exit.",
+    )
+    add_dataclass_args(worker, WorkerConfig)
+    add_dataclass_args(worker, EngineConfig)
+    worker.set_defaults(func=_worker)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=lambda _args: print(_version()) or 0)
@@ -93,4 +104,13 @@ def _generate(args: argparse.Namespace) -> int:
         f"output_tokens={n_tokens} tokens/s={n_tokens / elapsed:.1f} "
         f"kv_blocks={stats.total_blocks} free={stats.free_blocks}"
     )
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from kvferry.services.engine.config import EngineConfig
+    from kvferry.services.worker.config import WorkerConfig
+    from kvferry.services.worker.main import run
+
+    run(dataclass_from_args(EngineConfig, args), dataclass_from_args(WorkerConfig, args))
     return 0

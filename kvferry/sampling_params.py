@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 _MAX_LOGPROBS = 20
+_GREEDY_BELOW = 1e-5
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +69,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # NOTE: below this, logits / temperature overflows; such a request is greedy anyway.
+        return self.temperature < _GREEDY_BELOW
 
 
 def _require_int(name: str, value: object) -> None:

@@ -180,7 +180,9 @@ class AsyncEngine:
         try:
             while True:
                 # Sleep on the queue when idle; otherwise take what is there and step.
-                block = not self.engine.has_work()
+                # A stalled engine (blocks held by requests awaiting KV) waits for a command
+                # (KV landing, an abort) instead of spinning.
+                block = not self.engine.has_work() or self.engine.stalled
                 while True:
                     try:
                         command = self._commands.get(block=block)

@@ -118,11 +118,13 @@ class BlockPool:
                     self._free.move_to_end(block.block_id, last=False)
 
     # -- prefix cache ----------------------------------------------------------------------
-    def cache_blocks(self, blocks: list[KVBlock], hashes: list[BlockHash]) -> None:
-        """Publish full, computed blocks (in prefix order) under their chained hashes."""
+    def cache_blocks(self, blocks: list[KVBlock], hashes: list[BlockHash]) -> list[KVBlock]:
+        """Publish full, computed blocks (in prefix order) under their chained hashes.
+        Returns the blocks newly published."""
         if not self.enable_caching:
-            return
+            return []
         stored: list[BlockHash] = []
+        published: list[KVBlock] = []
         for block, block_hash in zip(blocks, hashes, strict=True):
             if block.block_hash is not None:
                 continue
@@ -133,8 +135,24 @@ class BlockPool:
             block.block_hash = block_hash
             self._cached[block_hash] = block
             stored.append(block_hash)
+            published.append(block)
         if stored:
             self._events.append(BlockStored(tuple(stored)))
+        return published
+
+    def uncache(self, blocks: list[KVBlock]) -> None:
+        """Withdraw blocks from the prefix cache (their KV turned out not to be written)."""
+        removed: list[BlockHash] = []
+        for block in blocks:
+            if block.block_hash is None or self._cached.get(block.block_hash) is not block:
+                continue
+            del self._cached[block.block_hash]
+            removed.append(block.block_hash)
+            block.block_hash = None
+            if block.ref_cnt == 0:
+                self._free.move_to_end(block.block_id, last=False)
+        if removed:
+            self._events.append(BlockRemoved(tuple(removed)))
 
     def reset_prefix_cache(self) -> bool:
         """Drop every cached hash; only when no block is in use. Returns whether it did."""

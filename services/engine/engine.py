@@ -14,7 +14,8 @@ leaves every other request untouched.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import operator
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -96,6 +97,8 @@ class LLMEngine:
         )
         self._streams: dict[RequestId, _Stream] = {}
         self._exports: dict[RequestId, KVExport] = {}
+        self.stalled = False
+        """The last step scheduled nothing: blocks are held by requests awaiting KV."""
         self._incoming: dict[RequestId, IncomingKV] = {}
         self._arrivals = 0
         log.info(
@@ -111,20 +114,14 @@ class LLMEngine:
     # -- requests --------------------------------------------------------------------------
     def encode_prompt(self, prompt: str | Sequence[int], params: SamplingParams) -> list[int]:
         """Tokenize and validate a prompt against this engine; raises ValueError if bad."""
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"sampling params must be SamplingParams, got {type(params).__name__}")
         if isinstance(prompt, str):
             if not prompt:
                 raise ValueError("prompt is empty")
             ids = self.tokenizer.encode(prompt)
         else:
-            ids = list(prompt)
-            if not ids:
-                raise ValueError("prompt is empty")
-            vocab = self.model_config.vocab_size
-            for t in ids:
-                if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab:
-                    raise ValueError(
-                        f"prompt token id {t!r} is outside the vocabulary [0, {vocab})"
-                    )
+            ids = _token_ids(prompt, self.model_config.vocab_size)
         self.scheduler.check_fits(len(ids), params.max_tokens)
         return ids
 
@@ -155,9 +152,9 @@ class LLMEngine:
     def _new_request(
         self, request_id: str, prompt: str | Sequence[int], params: SamplingParams | None
     ) -> Request:
-        params = params or SamplingParams()
-        if not request_id:
-            raise ValueError("request_id must be a non-empty string")
+        params = SamplingParams() if params is None else params
+        if not isinstance(request_id, str) or not request_id:
+            raise ValueError(f"request_id must be a non-empty string, got {request_id!r}")
         rid = RequestId(request_id)
         if rid in self._streams:
             raise ValueError(f"request id {request_id!r} is already in the engine")
@@ -222,7 +219,9 @@ class LLMEngine:
         block_ids = incoming.accept(list(block_positions), layer_start, kv.shape[0])
         self.runner.write_kv(block_ids, layer_start, kv)
 
-    def complete_remote(self, request_id: str, first_token_id: int) -> RequestOutput:
+    def complete_remote(
+        self, request_id: str, first_token_id: int, first_logprob: TokenLogprob | None = None
+    ) -> RequestOutput:
         """All KV has arrived and the prefill worker sampled `first_token_id`: join the
         request to the running batch. Its output starts with that token."""
         rid = RequestId(request_id)
@@ -238,7 +237,7 @@ class LLMEngine:
         update = self.scheduler.complete_remote(rid, first_token_id)
         params = update.request.params
         self.runner.sampler.advance(SampleRow(rid, params), self.model_config.vocab_size, 1)
-        return self._emit(update, None)
+        return self._emit(update, first_logprob)
 
     def abort(self, request_id: str) -> bool:
         """Cancel a request and free its blocks. Returns False if it was not in the engine."""
@@ -254,18 +253,28 @@ class LLMEngine:
         return self.scheduler.num_unfinished > 0
 
     def has_work(self) -> bool:
-        """Whether `step()` can make progress (requests waiting for remote KV cannot)."""
+        """Whether `step()` can make progress (requests waiting for remote KV cannot).
+
+        After a step that scheduled nothing because remote reservations hold the blocks
+        (`stalled`), nothing changes until KV lands or a request ends.
+        """
         return self.scheduler.has_schedulable
 
     # -- step ------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         out = self.scheduler.schedule()
+        self.stalled = out.is_empty and self.scheduler.num_awaiting_kv > 0
         if out.is_empty:
-            if self.scheduler.has_schedulable:
+            if self.scheduler.has_schedulable and not self.stalled:
                 raise RuntimeError("scheduler made no progress with requests pending")
             self.runner.execute(out)  # releases per-request sampler state
             return []
-        result = self.runner.execute(out, self._exports)
+        try:
+            result = self.runner.execute(out, self._exports)
+        except BaseException:
+            # NOTE: blocks were published at schedule time; their KV is not there.
+            self.scheduler.rollback(out)
+            raise
         return [
             self._emit(update, result.logprobs.get(update.request.request_id))
             for update in self.scheduler.update(out, result.sampled)
@@ -286,8 +295,14 @@ class LLMEngine:
         elif update.finished:
             delta += stream.detok.flush()
         stream.text.append(delta)
-        if stream.logprobs is not None and logprob is not None:
-            stream.logprobs.append(logprob)
+        if stream.logprobs is not None:
+            # NOTE: a token sampled elsewhere (remote prefill) may come without its logprob;
+            # a NaN placeholder keeps logprobs[i] aligned with token_ids[i].
+            stream.logprobs.extend(
+                [logprob]
+                if logprob is not None
+                else [TokenLogprob(t, float("nan"), ()) for t in update.new_token_ids]
+            )
         finished = request.is_finished
         if finished:
             del self._streams[rid]
@@ -322,3 +337,30 @@ class LLMEngine:
     def take_kv_events(self) -> list[KVEvent]:
         """Block stored/removed events since the last call (for the router's cache index)."""
         return self.kv.pool.take_events()
+
+
+def _token_ids(prompt: object, vocab: int) -> list[int]:
+    """A prompt given as token ids (any integer sequence, numpy included), validated."""
+    kind = type(prompt).__name__
+    if prompt is None or isinstance(prompt, bytes | bytearray | Mapping):
+        raise ValueError(f"prompt must be a string or a sequence of token ids, got {kind}")
+    try:
+        items = list(prompt)  # type: ignore[call-overload]
+    except TypeError:
+        raise ValueError(
+            f"prompt must be a string or a sequence of token ids, got {kind}"
+        ) from None
+    if not items:
+        raise ValueError("prompt is empty")
+    ids: list[int] = []
+    for t in items:
+        try:
+            if isinstance(t, bool):
+                raise TypeError
+            value = operator.index(t)
+        except TypeError:
+            raise ValueError(f"prompt token id {t!r} is not an integer") from None
+        if not 0 <= value < vocab:
+            raise ValueError(f"prompt token id {value} is outside the vocabulary [0, {vocab})")
+        ids.append(value)
+    return ids

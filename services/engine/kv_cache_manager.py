@@ -26,6 +26,8 @@ class KVCacheManager:
         self.pool = BlockPool(num_blocks, enable_caching=enable_caching)
         self._blocks: dict[RequestId, list[KVBlock]] = {}
         self._num_cached: dict[RequestId, int] = {}
+        self.published_in_step: list[KVBlock] = []
+        """Blocks published since the scheduler's last `begin_step` (for rollback)."""
 
     def blocks_needed(self, num_tokens: int) -> int:
         return cdiv(num_tokens, self.block_size)
@@ -106,7 +108,8 @@ class KVCacheManager:
         start = self._num_cached.get(request.request_id, 0)
         end = min(num_computed_after_step // self.block_size, len(request.block_hashes))
         if end > start:
-            self.pool.cache_blocks(blocks[start:end], request.block_hashes[start:end])
+            published = self.pool.cache_blocks(blocks[start:end], request.block_hashes[start:end])
+            self.published_in_step.extend(published)
             self._num_cached[request.request_id] = end
 
     def free(self, request: Request) -> None:

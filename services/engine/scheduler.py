@@ -105,6 +105,8 @@ class Scheduler:
         self.running: list[Request] = []  # sorted by arrival
         self.requests: dict[RequestId, Request] = {}
         self._finished_since_step: list[RequestId] = []
+        self.num_awaiting_kv = 0
+        """Admitted requests whose KV is still arriving (they hold blocks and a seat)."""
 
     # -- requests --------------------------------------------------------------------------
     def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
@@ -138,7 +140,9 @@ class Scheduler:
                 continue
             if request.status is RequestStatus.RUNNING:
                 self.running.remove(request)
-            elif request.status is not RequestStatus.WAITING_FOR_KV:
+            elif request.status is RequestStatus.WAITING_FOR_KV:
+                self.num_awaiting_kv -= 1
+            else:
                 self.waiting.remove(request)
             self._finish(request, reason)
 
@@ -153,7 +157,7 @@ class Scheduler:
         if request.request_id in self.requests:
             raise ValueError(f"request id {request.request_id!r} is already in the engine")
         self.check_fits(request.num_prompt_tokens, request.params.max_tokens)
-        if len(self.running) >= self.config.max_num_seqs:
+        if len(self.running) + self.num_awaiting_kv >= self.config.max_num_seqs:
             return None
         hits = self.kv.get_computed_blocks(request)
         num_hit = len(hits) * self.kv.block_size
@@ -163,6 +167,7 @@ class Scheduler:
         ):
             return None
         request.status = RequestStatus.WAITING_FOR_KV
+        self.num_awaiting_kv += 1
         request.num_cached_tokens = num_hit
         self.requests[request.request_id] = request
         block_ids = self.kv.block_ids(request.request_id)
@@ -173,6 +178,7 @@ class Scheduler:
         request = self.requests.get(request_id)
         if request is None or request.status is not RequestStatus.WAITING_FOR_KV:
             raise ValueError(f"request {request_id!r} is not waiting for remote KV")
+        self.num_awaiting_kv -= 1
         request.num_computed_tokens = request.num_tokens
         self.kv.publish_computed_blocks(request)
         request.output_token_ids.append(first_token)
@@ -201,7 +207,21 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     # -- schedule --------------------------------------------------------------------------
+    def rollback(self, output: SchedulerOutput) -> None:
+        """Undo a step whose model run failed: its KV was never (fully) written.
+
+        Blocks published for this step leave the prefix cache and every request scheduled
+        in it is preempted, so it is recomputed from scratch (or aborted by the caller).
+        """
+        for item in output.scheduled:
+            request = self.requests.get(item.request_id)
+            if request is not None and request.status is RequestStatus.RUNNING:
+                self._preempt(request)
+        self.kv.pool.uncache(self.kv.published_in_step)
+        self.kv.published_in_step = []
+
     def schedule(self) -> SchedulerOutput:
+        self.kv.published_in_step = []
         budget = self.config.max_num_batched_tokens
         scheduled: list[ScheduledRequest] = []
         preempted: list[RequestId] = []

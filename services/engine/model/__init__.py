@@ -1,12 +1,11 @@
 """The Llama-family model, its configuration, presets and weight loading."""
 
 from .llama import LlamaForCausalLM
-from .loader import LOAD_FORMATS, dummy_tensor, load_model, resolve_model
+from .loader import dummy_tensor, load_model, resolve_model
 from .model_config import SUPPORTED_ARCHITECTURES, ModelConfig, RopeScaling
 from .presets import PRESETS, get_preset
 
 __all__ = [
-    "LOAD_FORMATS",
     "PRESETS",
     "SUPPORTED_ARCHITECTURES",
     "LlamaForCausalLM",

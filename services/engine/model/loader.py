@@ -19,11 +19,11 @@ from safetensors import safe_open
 from kvferry.errors import ConfigError
 
 from ..attention import AttentionBackend
+from ..config import LOAD_FORMATS
 from .llama import LlamaForCausalLM
 from .model_config import ModelConfig
 from .presets import PRESETS
 
-LOAD_FORMATS = ("auto", "dummy")
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 _DUMMY_STD = 0.02
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from kvferry.errors import ConfigError
 
+from ..tokenizer import ByteTokenizer
 from .model_config import ModelConfig, RopeScaling
 
 # Byte-level tokenizer ids shared by `tiny` and `bench-cpu`: 0-255 bytes, then BOS and EOS.
 BYTE_VOCAB_SIZE = 320
-BYTE_BOS_ID = 256
-BYTE_EOS_ID = 257
+BYTE_BOS_ID = ByteTokenizer.BOS_ID
+BYTE_EOS_ID = ByteTokenizer.EOS_ID
 
 _LLAMA_3_ROPE = RopeScaling(
     factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192

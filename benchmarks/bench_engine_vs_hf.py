@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import platform
 import random
 import statistics
 import subprocess
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from _report import cpu_name
 
 TRACE = (
     Path(__file__).resolve().parents[2]
@@ -110,16 +110,6 @@ def run_kvferry(folder: Path, prompts: list[list[int]], outs: list[int], batch: 
     if got != outs:
         raise RuntimeError("kvferry produced a different number of tokens than asked")
     return elapsed
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def fmt(values: list[float]) -> str:

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import dataclasses
 import os
-import platform
 import socket
 import statistics
 import struct
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import grpc
 import torch
+from _report import cpu_name
 
 from kvferry.services.kvtransfer import (
     GrpcKVSender,
@@ -190,16 +190,6 @@ def spawn(args: list[str]) -> tuple[subprocess.Popen[str], int]:
         proc.kill()
         raise RuntimeError(f"receiver {args} did not start (said {line!r})")
     return proc, int(line)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 async def measure(args: argparse.Namespace, shape: Shape, num_blocks: int) -> None:

@@ -99,15 +99,11 @@ class AsyncEngine:
     ) -> AsyncIterator[RequestOutput]:
         """Stream a request's outputs. Raises ValueError for bad input, QueueFullError when
         the admission queue is full. Closing the iterator early aborts the request."""
-        inbox = self._open(request_id)
-        try:
-            await self.call(
-                lambda e: e.add_request(request_id, prompt, params, kv_export=kv_export)
-            )
-        except BaseException:
-            self._streams.pop(request_id, None)
-            raise
-        async with contextlib.aclosing(self._drain(request_id, inbox)) as stream:
+
+        def start(e: LLMEngine) -> None:
+            e.add_request(request_id, prompt, params, kv_export=kv_export)
+
+        async with contextlib.aclosing(self._stream(request_id, start)) as stream:
             async for out in stream:
                 yield out
 
@@ -122,13 +118,23 @@ class AsyncEngine:
     ) -> AsyncIterator[RequestOutput]:
         """Join an admitted request whose KV has arrived; stream its outputs from the first
         token on. Closing the iterator early aborts it."""
-        inbox = self._open(request_id, check_capacity=False)
 
-        def complete(e: LLMEngine) -> None:
+        def start(e: LLMEngine) -> None:
             self._deliver(e.complete_remote(request_id, first_token_id))
 
+        # The admission already holds a seat: no capacity check here.
+        stream = self._stream(request_id, start, check_capacity=False)
+        async with contextlib.aclosing(stream) as outputs:
+            async for out in outputs:
+                yield out
+
+    async def _stream(
+        self, request_id: str, start: Callable[[LLMEngine], None], *, check_capacity: bool = True
+    ) -> AsyncGenerator[RequestOutput, None]:
+        """Open the request's inbox, run `start` on the engine thread, then drain."""
+        inbox = self._open(request_id, check_capacity=check_capacity)
         try:
-            await self.call(complete)
+            await self.call(start)
         except BaseException:
             self._streams.pop(request_id, None)
             raise

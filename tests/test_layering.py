@@ -10,6 +10,7 @@ import pytest
 
 TORCH_FREE = [
     "kvferry",
+    "kvferry.tokenizer",
     "kvferry.services.router.placement",
     "kvferry.services.router.registry",
     "kvferry.services.engine.scheduler",

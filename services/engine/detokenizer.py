@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .tokenizer import ByteTokenizer, Tokenizer
+from kvferry.tokenizer import ByteTokenizer, Tokenizer
 
 _REPLACEMENT = "\ufffd"
 

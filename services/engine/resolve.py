@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 
 from kvferry.errors import ConfigError
+from kvferry.tokenizer import Tokenizer, load_tokenizer
 
 from .config import EngineConfig
 from .model.model_config import ModelConfig
-from .tokenizer import Tokenizer, load_tokenizer
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer as HFBackend
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from kvferry.services.engine.detokenizer import DetokenizerUpdate, IncrementalDetokenizer
-from kvferry.services.engine.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
+from kvferry.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
 from .test_tokenizer import CORPUS, write_bpe_folder
 

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer as HFBackend
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from kvferry.errors import ConfigError
-from kvferry.services.engine.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
+from kvferry.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
 
 SPECIALS = ["<s>", "</s>", "<|im_end|>"]
 CORPUS = [

@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from kvferry.config_args import add_dataclass_args, dataclass_from_args
 
@@ -34,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     from kvferry.services.engine.config import EngineConfig
+    from kvferry.services.router.config import RouterConfig
     from kvferry.services.worker.config import WorkerConfig
 
     parser = argparse.ArgumentParser(prog="kvferry", description=__doc__)
@@ -42,11 +44,14 @@ def _parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser(
         "generate",
-        help="generate text with the engine in this process (offline)",
-        description="Run the engine in-process on one or more prompts and print the outputs"
-        " with tokens/s.",
+        help="generate text: through a cluster (--target) or with an in-process engine",
+        description="With --target, send the prompts to a running router and stream the"
+        " text; without it, run the engine in this process (offline). Prints TTFT and"
+        " tokens/s.",
     )
     gen.add_argument("prompts", nargs="*", help="prompts (default: a few built-in ones)")
+    gen.add_argument("--target", default="", help="router HOST:PORT (default: offline engine)")
+    _add_client_args(gen)
     gen.add_argument("--max-tokens", type=int, default=32)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     gen.add_argument("--top-p", type=float, default=1.0)
@@ -64,6 +69,43 @@ def _parser() -> argparse.ArgumentParser:
     add_dataclass_args(worker, EngineConfig)
     worker.set_defaults(func=_worker)
 
+    router = sub.add_parser(
+        "router",
+        help="run the router (client API, worker registry, placement) until SIGTERM",
+        description="Serve the Generation API for clients and the Registry for workers.",
+    )
+    add_dataclass_args(router, RouterConfig)
+    router.set_defaults(func=_router)
+
+    up = sub.add_parser(
+        "up",
+        help="start a local cluster (router + workers as processes on 127.0.0.1)",
+        description="Start a router and prefill/decode workers as child processes on"
+        " 127.0.0.1, print the endpoint, and stop them all on Ctrl-C or SIGTERM.",
+    )
+    up.add_argument("--model", default="tiny", help="preset name or model folder")
+    up.add_argument("--prefill", type=int, default=1, help="prefill workers")
+    up.add_argument("--decode", type=int, default=1, help="decode workers")
+    up.add_argument("--mixed", type=int, default=0, help="mixed (colocated) workers")
+    up.add_argument("--port", type=int, default=50051, help="router port (0: any free one)")
+    up.add_argument("--log-dir", default="", help="children's logs (default: a temp dir)")
+    up.add_argument(
+        "--worker-arg",
+        action="append",
+        default=[],
+        help="extra flag for every worker, e.g. --worker-arg=--num-kv-blocks=512 (repeatable)",
+    )
+    up.set_defaults(func=_up)
+
+    status = sub.add_parser(
+        "status",
+        help="show a cluster's workers: role, state, load, KV usage",
+        description="Ask a router for its registered workers and print one line each.",
+    )
+    status.add_argument("--target", default="127.0.0.1:50051", help="router HOST:PORT")
+    _add_client_args(status)
+    status.set_defaults(func=_status)
+
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=lambda _args: print(_version()) or 0)
     return parser
@@ -75,7 +117,26 @@ def _version() -> str:
     return __version__
 
 
+def _add_client_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls-ca", default="", help="PEM CA bundle: connect with TLS")
+    parser.add_argument("--token-file", default="", help="file holding the bearer token")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from kvferry.client import Client
+
+    return Client(
+        args.target,
+        root_certificates=args.tls_ca or None,
+        token_file=args.token_file or None,
+        timeout=args.timeout,
+    )
+
+
 def _generate(args: argparse.Namespace) -> int:
+    if args.target:
+        return _generate_remote(args)
     from kvferry.sampling_params import SamplingParams
     from kvferry.services.engine.config import EngineConfig
     from kvferry.services.engine.llm import LLM
@@ -105,6 +166,142 @@ def _generate(args: argparse.Namespace) -> int:
         f"kv_blocks={stats.total_blocks} free={stats.free_blocks}"
     )
     return 0
+
+
+def _generate_remote(args: argparse.Namespace) -> int:
+    from kvferry.errors import RequestError
+
+    prompts = list(args.prompts) or list(DEFAULT_PROMPTS)
+    with _client(args) as client:
+        for prompt in prompts:
+            print(f"> {prompt!r}")
+            started = time.perf_counter()
+            ttft = None
+            n_tokens = 0
+            reason = "?"
+            print("  ", end="", flush=True)
+            try:
+                for chunk in client.generate(
+                    prompt,
+                    max_tokens=args.max_tokens,
+                    temperature=args.temperature,
+                    top_p=args.top_p,
+                    seed=args.sampling_seed,
+                ):
+                    if ttft is None and chunk.token_ids:
+                        ttft = time.perf_counter() - started
+                    n_tokens += len(chunk.token_ids)
+                    print(chunk.text, end="", flush=True)
+                    if chunk.finish_reason is not None:
+                        reason = chunk.finish_reason.value
+            except RequestError as err:
+                print()
+                print(f"kvferry: error: {err}", file=sys.stderr)
+                return 1
+            elapsed = time.perf_counter() - started
+            decode_s = elapsed - (ttft or 0.0)
+            rate = (n_tokens - 1) / decode_s if n_tokens > 1 and decode_s > 0 else 0.0
+            print()
+            print(
+                f"  [{n_tokens} tokens, {reason}] ttft={1000 * (ttft or 0):.1f}ms"
+                f" tokens/s={rate:.1f} total={elapsed:.2f}s"
+            )
+    return 0
+
+
+def _router(args: argparse.Namespace) -> int:
+    from kvferry.services.router.config import RouterConfig
+    from kvferry.services.router.main import run
+
+    run(dataclass_from_args(RouterConfig, args))
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    import signal
+    from pathlib import Path
+
+    from kvferry.local_cluster import ClusterStartError, LocalCluster
+
+    cluster = LocalCluster(
+        model=args.model,
+        prefill=args.prefill,
+        decode=args.decode,
+        mixed=args.mixed,
+        port=args.port,
+        worker_args=list(args.worker_arg),
+        log_dir=Path(args.log_dir) if args.log_dir else None,
+    )
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        cluster.start()
+    except ClusterStartError as err:
+        print(f"kvferry: error: {err}", file=sys.stderr)
+        return 1
+    print(
+        f"kvferry cluster up: {args.model} with {args.prefill} prefill, {args.decode} decode,"
+        f" {args.mixed} mixed worker(s)\n"
+        f"  endpoint: {cluster.address}\n"
+        f'  try:      kvferry generate --target {cluster.address} "Hello"\n'
+        f"            kvferry status --target {cluster.address}\n"
+        f"  logs:     {cluster.log_dir}\n"
+        "Ctrl-C stops every process.",
+        flush=True,
+    )
+    code = 0
+    try:
+        while not stopping:
+            router = cluster.children[0].process
+            if router is not None and router.poll() is not None:
+                print(f"kvferry: error: the router exited ({router.returncode})", file=sys.stderr)
+                code = 1
+                break
+            time.sleep(0.2)
+    finally:
+        print("stopping the cluster...", flush=True)
+        cluster.stop()
+        print("stopped", flush=True)
+    return code
+
+
+def _status(args: argparse.Namespace) -> int:
+    from kvferry.errors import RequestError
+
+    try:
+        with _client(args) as client:
+            status = client.cluster_status()
+            models = client.list_models()
+    except RequestError as err:
+        print(f"kvferry: error: {args.target}: {err}", file=sys.stderr)
+        return 1
+    for model in models:
+        print(
+            f"model {model.name}: max_model_len={model.max_model_len}"
+            f" prefill_workers={model.prefill_workers} decode_workers={model.decode_workers}"
+        )
+    print(
+        f"{'WORKER':<16} {'ROLE':<8} {'STATE':<9} {'ADDRESS':<22} {'WAIT':>4} {'RUN':>4}"
+        f" {'INFLT':>5} {'KV FREE/TOTAL':>13} {'HB AGE':>7}  LABELS"
+    )
+    for w in _workers_of(status):
+        print(
+            f"{w.worker_id:<16} {w.role:<8} {w.state:<9} {w.address:<22} {w.num_waiting:>4}"
+            f" {w.num_running:>4} {w.in_flight:>5}"
+            f" {f'{w.free_kv_blocks}/{w.total_kv_blocks}':>13} {w.last_heartbeat_age_s:>6.1f}s"
+            f"  {','.join(f'{k}={v}' for k, v in sorted(w.labels.items())) or '-'}"
+        )
+    return 0
+
+
+def _workers_of(status: Any) -> list[Any]:
+    return list(getattr(status, "workers", status))
 
 
 def _worker(args: argparse.Namespace) -> int:

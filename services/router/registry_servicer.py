@@ -40,10 +40,13 @@ class RegistryServicer(pb_grpc.RegistryServicer):
         registry: Registry,
         *,
         heartbeat_interval_s: float = 2.0,
+        model: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
         self.heartbeat_interval_s = heartbeat_interval_s
+        self.model = model
+        """The model this router serves; workers of another model are refused."""
         self.clock = clock
 
     async def Register(
@@ -59,6 +62,12 @@ class RegistryServicer(pb_grpc.RegistryServicer):
                 f"worker uses block-hash scheme {request.block_hash_scheme}, the router"
                 f" {HASH_SCHEME_VERSION}: upgrade them together",
             )
+        if self.model is not None and request.model != self.model:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"worker {request.worker_id!r} serves model {request.model!r}; this router"
+                f" serves {self.model!r}: start both with the same --model",
+            )
         try:
             info = WorkerInfo(
                 WorkerId(request.worker_id),
@@ -67,6 +76,7 @@ class RegistryServicer(pb_grpc.RegistryServicer):
                 request.kv_endpoint,
                 request.model,
                 dict(request.labels),
+                request.capacity.max_model_len,
             )
             self.registry.register(info, load_from_proto(request.load), self.clock())
         except ValueError as err:

@@ -69,6 +69,8 @@ class WorkerInfo:
     model: str
     labels: dict[str, str] = field(default_factory=dict)
     """Topology labels (node, NVLink domain, rack, zone)."""
+    max_model_len: int = 0
+    """Longest prompt + output it serves, in tokens (0: not reported)."""
 
 
 @dataclass(slots=True)

@@ -24,7 +24,9 @@ from kvferry.services.engine.config import EngineConfig
 from kvferry.services.engine.engine import LLMEngine
 from kvferry.services.kvtransfer.config import KVTransferConfig
 from kvferry.services.kvtransfer.factory import TransportKind, make_sender
+from kvferry.services.kvtransfer.faults import FaultPlan
 from kvferry.services.kvtransfer.protocols import KVSender
+from kvferry.services.kvtransfer.sender import ChunkSender
 from kvferry.services.kvtransfer.servicer import KVTransferServicer
 from kvferry.services.router.registry_servicer import ROLE_TO_PROTO
 from kvferry.services.router.workers import Role
@@ -63,7 +65,9 @@ class WorkerServer:
         *,
         kv_config: KVTransferConfig | None = None,
         reflection_enabled: bool = True,
+        kv_faults: FaultPlan | None = None,
     ) -> WorkerServer:
+        """`kv_faults` corrupts outgoing KV chunks on purpose (tests of the checksum path)."""
         kv_config = kv_config or KVTransferConfig()
         llm_engine = await asyncio.to_thread(LLMEngine, engine_config)
         engine = AsyncEngine(llm_engine, max_pending=config.max_pending)
@@ -77,10 +81,14 @@ class WorkerServer:
         )
         admitted: dict[str, Admitted] = {}
         sink = EngineKVSink(engine, llm_engine.cache_layout, admitted, asyncio.get_running_loop())
-        sender = make_sender(TransportKind.GRPC, kv_config)
+        sender = make_sender(TransportKind.GRPC, kv_config, faults=kv_faults)
         servicer = WorkerServicer(engine, sender, config, address, admitted)
         worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-        KVTransferServicer(sink, kv_config).add_to_server(server)  # zero-copy payload decode
+        receiver = KVTransferServicer(sink, kv_config)
+        receiver.add_to_server(server)  # zero-copy payload decode
+        servicer.transfer_logs = [receiver.transfers]
+        if isinstance(sender, ChunkSender):
+            servicer.transfer_logs.append(sender.transfers)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = [

@@ -32,6 +32,7 @@ from kvferry.services.engine.async_engine import AsyncEngine, EngineDeadError
 from kvferry.services.engine.model_runner import KVExport
 from kvferry.services.kvtransfer.protocols import KVSender
 from kvferry.services.kvtransfer.slab import KVSlab
+from kvferry.services.kvtransfer.stats import TransferLog
 from kvferry.wire import sampling_from_proto
 
 from .config import WorkerConfig
@@ -53,8 +54,8 @@ def status_for(err: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status a failure maps to (bad input, capacity, transfer, engine down)."""
     if isinstance(err, CapacityError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(err)
-    if isinstance(err, TransferError):
-        return grpc.StatusCode.UNAVAILABLE, f"KV transfer failed: {err}"
+    if isinstance(err, TransferError):  # the worker is fine; this request's transfer is not
+        return grpc.StatusCode.ABORTED, f"KV transfer failed: {err}"
     if isinstance(err, ValueError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(err)
     if isinstance(err, EngineDeadError):
@@ -89,6 +90,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self.admitted = admitted
         self._pending: dict[str, _Pending] = {}
         self.draining = False
+        self.transfer_logs: list[TransferLog] = []
+        """Where this worker's sends and receives are recorded (reported by GetStats)."""
 
     async def _refuse_if_draining(self, context: grpc.aio.ServicerContext) -> None:
         if self.draining:
@@ -158,6 +161,10 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         except (ValueError, CapacityError, TransferError, EngineDeadError) as err:
             code, detail = status_for(err)
             await context.abort(code, detail)
+        except asyncio.CancelledError:  # the caller went away before the stream started
+            if self._forget(rid) is not None:
+                self.engine.submit(lambda e: e.abort(rid))
+            raise
 
     async def _decode_stream(
         self,
@@ -265,7 +272,12 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self, request: pb.WorkerStatsRequest, context: grpc.aio.ServicerContext
     ) -> pb.WorkerStats:
         stats = await _guarded(context, self.engine.stats())
-        return pb.WorkerStats(worker_id=self.config.worker_id, load=load_to_proto(stats))
+        transfers = [t.to_proto() for log in self.transfer_logs for t in log.snapshot()]
+        return pb.WorkerStats(
+            worker_id=self.config.worker_id,
+            load=load_to_proto(stats),
+            recent_transfers=transfers,
+        )
 
     async def Drain(
         self, request: pb.DrainRequest, context: grpc.aio.ServicerContext

@@ -7,8 +7,8 @@ the shapes of the public configs so that memory and speed measurements are reali
 from __future__ import annotations
 
 from kvferry.errors import ConfigError
+from kvferry.tokenizer import ByteTokenizer
 
-from ..tokenizer import ByteTokenizer
 from .model_config import ModelConfig, RopeScaling
 
 # Byte-level tokenizer ids shared by `tiny` and `bench-cpu`: 0-255 bytes, then BOS and EOS.

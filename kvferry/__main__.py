@@ -1,0 +1,7 @@
+"""`python -m kvferry` is the `kvferry` command."""
+
+import sys
+
+from kvferry.cli import main
+
+sys.exit(main())

@@ -1,0 +1,566 @@
+"""The client-facing Generation service: validate, place, Admit -> Prefill -> Decode, stream.
+
+One request's life (DESIGN.md's lifecycle), as `_serve` runs it:
+
+1. Validate (model, prompt, sampling, context length); tokenize text.
+2. Place: the policy picks a decode worker (and a prefill worker for long prompts). A
+   decode worker with no room (RESOURCE_EXHAUSTED) is skipped and the request waits with
+   backoff, up to `queue_timeout_s`, for one that has room.
+3. Admit on the decode worker; with a prefill worker, Prefill pushes the KV there and
+   returns the first token, which goes to the client at once (TTFT). Decode then streams
+   from the first token; `OutputCursor` drops what the client already has.
+4. Failures: prefill fails -> the decode worker computes the prompt itself; decode fails
+   mid-stream -> re-admit elsewhere with prompt + tokens already sent (never sent twice).
+   At most `max_attempts` worker failures, all within the request's deadline.
+5. Whatever ends the request (finish, client cancel, Abort, failure), every worker that
+   still holds it gets a Release.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from kvferry._proto.kvferry.v1 import generation_pb2 as gen_pb
+from kvferry._proto.kvferry.v1 import worker_pb2 as pb
+from kvferry.sampling_params import SamplingParams
+from kvferry.tokenizer import Tokenizer
+from kvferry.wire import sampling_from_proto
+
+from .config import RouterConfig
+from .output_cursor import OutputCursor, StreamMismatchError
+from .placement import NoEligibleWorkersError, Placement, PlacementPolicy, PlacementRequest
+from .registry import Registry
+from .registry_servicer import ROLE_TO_PROTO
+from .worker_clients import WorkerClients
+from .workers import WorkerId, WorkerRecord, WorkerState
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "kvferry.v1.Generation"
+_RELEASE_TIMEOUT_S = 2.0
+_CLIENT_ERRORS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE)
+
+
+class RouterError(Exception):
+    """Ends a request with a gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedRequest:
+    """A request body that did not parse (e.g. invalid UTF-8 in a string field)."""
+
+    error: str
+
+
+def parse_generate_request(data: bytes) -> gen_pb.GenerateRequest | MalformedRequest:
+    """The Generate deserializer: a parse failure becomes INVALID_ARGUMENT in the handler
+    instead of gRPC's generic INTERNAL."""
+    try:
+        request: gen_pb.GenerateRequest = gen_pb.GenerateRequest.FromString(data)
+    except DecodeError as err:
+        return MalformedRequest(str(err) or "cannot parse GenerateRequest")
+    return request
+
+
+@dataclass(slots=True)
+class _Job:
+    request_id: str
+    key: str
+    """The router's own id; worker-side ids are `<key>-<attempt>`."""
+    prompt: list[int]
+    params: SamplingParams
+    sampling: gen_pb.SamplingOptions
+    started: float
+    deadline: float
+    cursor: OutputCursor = field(default_factory=OutputCursor)
+    failures: list[str] = field(default_factory=list)
+    failed: set[WorkerId] = field(default_factory=set)
+    attempt: int = 0
+    calls: list[grpc.aio.Call] = field(default_factory=list)
+    """Worker calls in flight (Abort cancels them)."""
+    aborted: bool = False
+    first_token_at: float | None = None
+    queue_s: float = 0.0
+    kv_transfer_s: float = 0.0
+    cached_tokens: int | None = None
+
+    def remaining(self, now: float) -> float:
+        left = self.deadline - now
+        if left <= 0:
+            raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, self._why("deadline exceeded"))
+        return left
+
+    def _why(self, what: str) -> str:
+        sent = len(self.cursor.sent)
+        tail = f"; worker failures: {'; '.join(self.failures)}" if self.failures else ""
+        return f"request {self.request_id!r}: {what} after {sent} tokens{tail}"
+
+
+@dataclass(slots=True)
+class _Leg:
+    """A worker holding the request under `rid` (released unless the request finished)."""
+
+    worker: WorkerRecord
+    rid: str
+
+
+class GenerationServicer:
+    def __init__(
+        self,
+        config: RouterConfig,
+        registry: Registry,
+        policy: PlacementPolicy,
+        clients: WorkerClients,
+        tokenizer: Tokenizer,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.policy = policy
+        self.clients = clients
+        self.tokenizer = tokenizer
+        self.clock = clock
+        self._running: dict[str, _Job] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        def unary(fn: Callable[..., object], req: type) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                fn,
+                request_deserializer=req.FromString,  # type: ignore[attr-defined]
+                response_serializer=lambda m: m.SerializeToString(),
+            )
+
+        handlers = {
+            "Generate": grpc.unary_stream_rpc_method_handler(
+                self.Generate,
+                request_deserializer=parse_generate_request,
+                response_serializer=gen_pb.GenerateResponse.SerializeToString,
+            ),
+            "Abort": unary(self.Abort, gen_pb.AbortRequest),
+            "ListModels": unary(self.ListModels, gen_pb.ListModelsRequest),
+            "GetClusterStatus": unary(self.GetClusterStatus, gen_pb.ClusterStatusRequest),
+        }
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
+        )
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    # -- Generate --------------------------------------------------------------------------
+    async def Generate(
+        self,
+        request: gen_pb.GenerateRequest | MalformedRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[gen_pb.GenerateResponse]:
+        try:
+            job = self._job(request, context)
+        except RouterError as err:
+            await context.abort(err.code, err.detail)
+            return
+        self._running[job.request_id] = job
+        try:
+            async for message in self._serve(job):
+                yield message
+        except RouterError as err:
+            log.info("request failed: %s %s", err.code.name, err.detail)
+            await context.abort(err.code, err.detail)
+        finally:
+            self._running.pop(job.request_id, None)
+
+    def _job(
+        self,
+        request: gen_pb.GenerateRequest | MalformedRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> _Job:
+        bad = grpc.StatusCode.INVALID_ARGUMENT
+        if isinstance(request, MalformedRequest):
+            raise RouterError(bad, f"malformed GenerateRequest: {request.error}")
+        if request.model and request.model != self.config.model:
+            raise RouterError(
+                bad,
+                f"unknown model {request.model!r}; this cluster serves {self.config.model!r}"
+                " (see ListModels)",
+            )
+        if request.request_id in self._running:
+            raise RouterError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"request id {request.request_id!r} is already running; ids must be unique"
+                " among a client's running requests (or leave it empty)",
+            )
+        if len(self._running) >= self.config.max_in_flight:
+            raise RouterError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the router holds {len(self._running)} requests (max_in_flight="
+                f"{self.config.max_in_flight}); retry later",
+            )
+        which = request.WhichOneof("prompt")
+        if which == "text":
+            prompt = self.tokenizer.encode(request.text) if request.text else []
+        elif which == "token_ids":
+            prompt = list(request.token_ids.ids)
+        else:
+            prompt = []
+        if not prompt:
+            raise RouterError(bad, "the prompt is empty: set `text` or `token_ids`")
+        try:
+            params = sampling_from_proto(request.sampling)
+        except ValueError as err:
+            raise RouterError(bad, f"bad sampling options: {err}") from None
+        limit = self._max_model_len()
+        if limit and len(prompt) + params.max_tokens > limit:
+            raise RouterError(
+                bad,
+                f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds the"
+                f" model's context of {limit} tokens; shorten the prompt or lower max_tokens",
+            )
+        now = self.clock()
+        budget = context.time_remaining()
+        timeout = self.config.request_timeout_s if budget is None else budget
+        key = uuid.uuid4().hex[:16]
+        return _Job(
+            request.request_id or key,
+            key,
+            prompt,
+            params,
+            request.sampling,
+            now,
+            now + timeout,
+        )
+
+    def _max_model_len(self) -> int:
+        lens = [r.info.max_model_len for r in self.registry.records() if r.info.max_model_len]
+        return min(lens, default=0)
+
+    async def _serve(self, job: _Job) -> AsyncIterator[gen_pb.GenerateResponse]:
+        try:
+            while True:
+                if len(job.cursor.sent) >= job.params.max_tokens:  # died after the last one
+                    yield self._final(job, gen_pb.FINISH_REASON_LENGTH, None)
+                    return
+                async for message in self._attempt(job):
+                    yield message
+                    if message.finish_reason:
+                        return
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not job.aborted or (current is not None and current.cancelling()):
+                raise  # the client went away (or the server is stopping)
+            yield self._final(job, gen_pb.FINISH_REASON_ABORT, None)
+
+    async def _attempt(self, job: _Job) -> AsyncIterator[gen_pb.GenerateResponse]:
+        """One placement: admit, prefill (if placed), decode. A worker failure is recorded
+        and the attempt ends without a finish; the caller then tries again."""
+        placement, decode, admit = await self._admit(job)
+        legs = [decode]
+        finished = False
+        try:
+            start = len(job.cursor.sent)  # the output index Decode's stream begins at
+            compute_prompt = placement.prefill is None
+            self._check_abort(job)
+            # Decode opens now: it waits for the KV on the worker, and a router that dies
+            # cancels it there, freeing the admitted blocks.
+            call = self.clients.stub(decode.worker.info.address).Decode(
+                pb.DecodeRequest(request_id=decode.rid, compute_prompt=compute_prompt),
+                timeout=job.remaining(self.clock()),
+            )
+            job.calls.append(call)
+            if placement.prefill is not None:
+                first = await self._prefill(job, placement.prefill, admit, legs)
+                if first is None:
+                    call.cancel()
+                    return
+                yield first
+            async for message in self._relay(job, call, start):
+                finished = bool(message.finish_reason)
+                yield message
+            if not finished:
+                self._fail(job, decode.worker, "the decode stream ended without finishing")
+        except grpc.aio.AioRpcError as err:
+            self._worker_failed(job, decode.worker, err)
+        except StreamMismatchError as err:
+            self._fail(job, decode.worker, str(err))
+        finally:
+            job.calls.clear()
+            for leg in legs:
+                self.registry.placed(leg.worker.info.worker_id, -1)
+                if not finished:
+                    self._release(leg)
+
+    async def _admit(self, job: _Job) -> tuple[Placement, _Leg, pb.AdmitResponse]:
+        """Place and admit, waiting (with backoff) while every decode worker is full."""
+        busy: set[WorkerId] = set()
+        backoff = 0.02
+        queue_deadline = min(job.deadline, self.clock() + self.config.queue_timeout_s)
+        while True:
+            self._check_abort(job)
+            try:
+                placement = self.policy.place(
+                    PlacementRequest(len(job.prompt), frozenset(job.failed | busy)),
+                    self.registry.records(),
+                )
+            except NoEligibleWorkersError as err:
+                if not busy:
+                    raise RouterError(grpc.StatusCode.UNAVAILABLE, job._why(str(err))) from None
+                if self.clock() + backoff > queue_deadline:
+                    raise RouterError(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        job._why(
+                            "every decode worker stayed full (no free KV blocks or slots);"
+                            " retry later or add decode workers"
+                        ),
+                    ) from None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 0.5)
+                busy.clear()
+                continue
+            decode = self._record(placement.decode)
+            job.attempt += 1
+            leg = _Leg(decode, f"{job.key}-{job.attempt}")
+            request = pb.AdmitRequest(
+                request_id=leg.rid,
+                prompt_token_ids=job.prompt,
+                output_token_ids=job.cursor.sent,
+                sampling=job.sampling,
+                kv_wait_timeout_ms=int(self.config.admit_timeout_s * 2000),
+            )
+            timeout = min(self.config.admit_timeout_s, job.remaining(self.clock()))
+            call = self.clients.stub(decode.info.address).Admit(request, timeout=timeout)
+            job.calls.append(call)
+            try:
+                admit = await call
+            except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    busy.add(decode.info.worker_id)
+                else:
+                    self._worker_failed(job, decode, err)
+                continue
+            except asyncio.CancelledError:
+                self._release(leg)  # it may have admitted before the cancel reached it
+                raise
+            finally:
+                job.calls.clear()
+            self.registry.placed(decode.info.worker_id, +1)
+            job.queue_s = self.clock() - job.started
+            return placement, leg, admit
+
+    async def _prefill(
+        self, job: _Job, prefill_id: WorkerId, admit: pb.AdmitResponse, legs: list[_Leg]
+    ) -> gen_pb.GenerateResponse | None:
+        """Run the prompt on the prefill worker; the first-token message, or None when the
+        prefill worker failed (the next attempt excludes it)."""
+        worker = self._record(prefill_id)
+        leg = _Leg(worker, legs[0].rid)
+        legs.append(leg)
+        self.registry.placed(prefill_id, +1)
+        request = pb.PrefillRequest(
+            request_id=leg.rid,
+            prompt_token_ids=[*job.prompt, *job.cursor.sent],
+            sampling=job.sampling,
+            destination=pb.KVDestination(
+                kv_endpoint=admit.kv_endpoint,
+                needed_block_positions=admit.needed_block_positions,
+                kv_layout=admit.kv_layout,
+            ),
+        )
+        call = self.clients.stub(worker.info.address).Prefill(
+            request, timeout=job.remaining(self.clock())
+        )
+        job.calls.append(call)
+        try:
+            reply = await call
+        except grpc.aio.AioRpcError as err:
+            self._worker_failed(job, worker, err)  # next attempt places elsewhere
+            return None
+        legs.remove(leg)  # done there: the prefill worker finished the request itself
+        self.registry.placed(prefill_id, -1)
+        job.kv_transfer_s = reply.kv_transfer_s
+        job.cached_tokens = reply.num_cached_tokens
+        start = len(job.cursor.sent)
+        job.cursor.advance(start, [reply.first_token_id])
+        message = gen_pb.GenerateResponse(
+            request_id=job.request_id, token_ids=[reply.first_token_id]
+        )
+        if reply.HasField("first_logprob"):
+            message.logprobs.append(reply.first_logprob)
+        self._stamp_first(job, message)
+        return message
+
+    async def _relay(
+        self, job: _Job, call: grpc.aio.UnaryStreamCall, start: int
+    ) -> AsyncIterator[gen_pb.GenerateResponse]:
+        """Forward a Decode stream that begins at output index `start`, minus the tokens
+        the client already has (the first token, or all of them after a re-admission)."""
+        position = start
+        async for reply in call:
+            skip = job.cursor.advance(position, reply.token_ids)
+            position += len(reply.token_ids)
+            message = gen_pb.GenerateResponse(
+                request_id=job.request_id,
+                token_ids=reply.token_ids[skip:],
+                text=reply.text,
+                logprobs=reply.logprobs[skip:],
+            )
+            if message.token_ids and job.first_token_at is None:
+                self._stamp_first(job, message)
+            if reply.finish_reason:
+                if job.cached_tokens is None:
+                    job.cached_tokens = reply.usage.cached_tokens
+                yield self._final(job, reply.finish_reason, message)
+                return
+            if message.token_ids or message.text or message.logprobs:
+                yield message
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _stamp_first(self, job: _Job, message: gen_pb.GenerateResponse) -> None:
+        job.first_token_at = self.clock()
+        message.timing.ttft_s = job.first_token_at - job.started
+        message.timing.queue_s = job.queue_s
+        message.timing.kv_transfer_s = job.kv_transfer_s
+
+    def _final(
+        self,
+        job: _Job,
+        reason: int,
+        message: gen_pb.GenerateResponse | None,
+    ) -> gen_pb.GenerateResponse:
+        final = message or gen_pb.GenerateResponse(request_id=job.request_id)
+        final.finish_reason = reason  # type: ignore[assignment]
+        final.usage.prompt_tokens = len(job.prompt)
+        final.usage.completion_tokens = len(job.cursor.sent)
+        final.usage.cached_tokens = job.cached_tokens or 0
+        final.timing.e2e_s = self.clock() - job.started
+        return final
+
+    def _record(self, worker_id: WorkerId) -> WorkerRecord:
+        record = self.registry.get(worker_id)
+        if record is None:  # placement only returns registered workers
+            raise RouterError(grpc.StatusCode.INTERNAL, f"worker {worker_id!r} vanished")
+        return record
+
+    def _check_abort(self, job: _Job) -> None:
+        if job.aborted:
+            raise asyncio.CancelledError
+
+    def _fail(self, job: _Job, worker: WorkerRecord, why: str) -> None:
+        job.failed.add(worker.info.worker_id)
+        job.failures.append(f"{worker.info.worker_id}: {why}")
+        log.warning("worker failed a request: %s %s: %s", worker.info.worker_id, job.key, why)
+        if len(job.failures) >= self.config.max_attempts:
+            raise RouterError(grpc.StatusCode.UNAVAILABLE, job._why("giving up"))
+
+    def _worker_failed(self, job: _Job, worker: WorkerRecord, err: grpc.aio.AioRpcError) -> None:
+        code, detail = err.code(), err.details() or ""
+        if code in _CLIENT_ERRORS:
+            raise RouterError(code, detail)
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            job.remaining(self.clock())  # the request's own deadline: DEADLINE_EXCEEDED
+        if code == grpc.StatusCode.UNAVAILABLE:
+            if "draining" in detail:
+                self.registry.set_draining(worker.info.worker_id)
+            else:
+                # Unreachable: stop placing there until it heartbeats (and re-registers).
+                self.registry.remove(worker.info.worker_id)
+        self._fail(job, worker, f"{code.name}: {detail}")
+
+    def _release(self, leg: _Leg) -> None:
+        stub = self.clients.stub(leg.worker.info.address)
+
+        async def release() -> None:
+            try:
+                await stub.Release(
+                    pb.ReleaseRequest(request_id=leg.rid), timeout=_RELEASE_TIMEOUT_S
+                )
+            except grpc.aio.AioRpcError as err:
+                log.debug("release of %s on %s failed: %s", leg.rid, leg.worker.info.address, err)
+
+        task = asyncio.get_running_loop().create_task(release())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- Abort, ListModels, GetClusterStatus ---------------------------------------------
+    async def Abort(
+        self, request: gen_pb.AbortRequest, context: grpc.aio.ServicerContext
+    ) -> gen_pb.AbortResponse:
+        job = self._running.get(request.request_id)
+        if job is None or job.aborted:
+            return gen_pb.AbortResponse(aborted=False)
+        job.aborted = True
+        for call in job.calls:
+            call.cancel()
+        return gen_pb.AbortResponse(aborted=True)
+
+    async def ListModels(
+        self, request: gen_pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> gen_pb.ListModelsResponse:
+        healthy = [
+            r for r in self.registry.records() if r.state is WorkerState.HEALTHY
+        ]  # every registered worker serves config.model (others are refused)
+        return gen_pb.ListModelsResponse(
+            models=[
+                gen_pb.ModelInfo(
+                    name=self.config.model,
+                    max_model_len=self._max_model_len(),
+                    prefill_workers=sum(r.info.role.can_prefill for r in healthy),
+                    decode_workers=sum(r.info.role.can_decode for r in healthy),
+                )
+            ]
+        )
+
+    async def GetClusterStatus(
+        self, request: gen_pb.ClusterStatusRequest, context: grpc.aio.ServicerContext
+    ) -> gen_pb.ClusterStatus:
+        now = self.clock()
+        return gen_pb.ClusterStatus(
+            workers=[_worker_status(r, now) for r in self.registry.records()]
+        )
+
+    async def close(self) -> None:
+        for job in list(self._running.values()):
+            job.aborted = True
+            for call in job.calls:
+                call.cancel()
+        if self._background:
+            await asyncio.wait(self._background, timeout=_RELEASE_TIMEOUT_S)
+
+
+def _worker_status(record: WorkerRecord, now: float) -> gen_pb.WorkerStatus:
+    load = record.load
+    return gen_pb.WorkerStatus(
+        worker_id=record.info.worker_id,
+        role=ROLE_TO_PROTO[record.info.role],
+        address=record.info.address,
+        kv_endpoint=record.info.kv_endpoint,
+        model=record.info.model,
+        load=gen_pb.WorkerLoad(
+            num_waiting=load.num_waiting,
+            num_running=load.num_running,
+            prefill_tokens_waiting=load.prefill_tokens_waiting,
+            free_kv_blocks=load.free_kv_blocks,
+            total_kv_blocks=load.total_kv_blocks,
+        ),
+        state=(
+            gen_pb.WORKER_STATE_HEALTHY
+            if record.state is WorkerState.HEALTHY
+            else gen_pb.WORKER_STATE_DRAINING
+        ),
+        labels=record.info.labels,
+        last_heartbeat_age_s=max(0.0, now - record.last_seen),
+        in_flight=record.in_flight,
+    )

@@ -16,8 +16,8 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 
 setup: $(VENV)/.installed
 
-run: setup  ## the main job: the engine generating from the built-in tiny preset
-	$(VENV)/bin/kvferry generate --model tiny --max-tokens 48
+run: setup  ## the main job: a local cluster on the tiny preset, a few requests through the SDK
+	$(PY) examples/quickstart.py
 
 test: setup lint typecheck  ## lint, types, then every test (GPU-only tests skip on CPU)
 	$(PY) -m pytest -q

@@ -272,6 +272,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from kvferry._proto.kvferry.v1 import generation_pb2 as gen_pb
     from kvferry.errors import RequestError
 
     try:
@@ -290,18 +291,19 @@ def _status(args: argparse.Namespace) -> int:
         f"{'WORKER':<16} {'ROLE':<8} {'STATE':<9} {'ADDRESS':<22} {'WAIT':>4} {'RUN':>4}"
         f" {'INFLT':>5} {'KV FREE/TOTAL':>13} {'HB AGE':>7}  LABELS"
     )
-    for w in _workers_of(status):
+    for w in status.workers:
+        role = gen_pb.WorkerRole.Name(w.role).removeprefix("WORKER_ROLE_").lower()
+        state = gen_pb.WorkerState.Name(w.state).removeprefix("WORKER_STATE_").lower()
+        kv = f"{w.load.free_kv_blocks}/{w.load.total_kv_blocks}"
+        labels = ",".join(f"{k}={v}" for k, v in sorted(w.labels.items())) or "-"
         print(
-            f"{w.worker_id:<16} {w.role:<8} {w.state:<9} {w.address:<22} {w.num_waiting:>4}"
-            f" {w.num_running:>4} {w.in_flight:>5}"
-            f" {f'{w.free_kv_blocks}/{w.total_kv_blocks}':>13} {w.last_heartbeat_age_s:>6.1f}s"
-            f"  {','.join(f'{k}={v}' for k, v in sorted(w.labels.items())) or '-'}"
+            f"{w.worker_id:<16} {role:<8} {state:<9} {w.address:<22} {w.load.num_waiting:>4}"
+            f" {w.load.num_running:>4} {w.in_flight:>5} {kv:>13}"
+            f" {w.last_heartbeat_age_s:>6.1f}s  {labels}"
         )
+    if not status.workers:
+        print("(no workers registered)")
     return 0
-
-
-def _workers_of(status: Any) -> list[Any]:
-    return list(getattr(status, "workers", status))
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ from kvferry.wire import sampling_from_proto
 
 from .config import RouterConfig
 from .output_cursor import OutputCursor, StreamMismatchError
-from .placement import NoEligibleWorkersError, Placement, PlacementPolicy, PlacementRequest
+from .placement import NoEligibleWorkersError, PlacementPolicy, PlacementRequest
 from .registry import Registry
 from .registry_servicer import ROLE_TO_PROTO
 from .worker_clients import WorkerClients
@@ -267,12 +267,12 @@ class GenerationServicer:
     async def _attempt(self, job: _Job) -> AsyncIterator[gen_pb.GenerateResponse]:
         """One placement: admit, prefill (if placed), decode. A worker failure is recorded
         and the attempt ends without a finish; the caller then tries again."""
-        placement, decode, admit = await self._admit(job)
+        prefill, decode, admit = await self._admit(job)
         legs = [decode]
         finished = False
         try:
             start = len(job.cursor.sent)  # the output index Decode's stream begins at
-            compute_prompt = placement.prefill is None
+            compute_prompt = prefill is None
             self._check_abort(job)
             # Decode opens now: it waits for the KV on the worker, and a router that dies
             # cancels it there, freeing the admitted blocks.
@@ -281,8 +281,8 @@ class GenerationServicer:
                 timeout=job.remaining(self.clock()),
             )
             job.calls.append(call)
-            if placement.prefill is not None:
-                first = await self._prefill(job, placement.prefill, admit, legs)
+            if prefill is not None:
+                first = await self._prefill(job, prefill, admit, legs)
                 if first is None:
                     call.cancel()
                     return
@@ -303,7 +303,7 @@ class GenerationServicer:
                 if not finished:
                     self._release(leg)
 
-    async def _admit(self, job: _Job) -> tuple[Placement, _Leg, pb.AdmitResponse]:
+    async def _admit(self, job: _Job) -> tuple[WorkerRecord | None, _Leg, pb.AdmitResponse]:
         """Place and admit, waiting (with backoff) while every decode worker is full."""
         busy: set[WorkerId] = set()
         backoff = 0.02
@@ -331,6 +331,7 @@ class GenerationServicer:
                 busy.clear()
                 continue
             decode = self._record(placement.decode)
+            prefill = None if placement.prefill is None else self._record(placement.prefill)
             job.attempt += 1
             leg = _Leg(decode, f"{job.key}-{job.attempt}")
             request = pb.AdmitRequest(
@@ -358,17 +359,16 @@ class GenerationServicer:
                 job.calls.clear()
             self.registry.placed(decode.info.worker_id, +1)
             job.queue_s = self.clock() - job.started
-            return placement, leg, admit
+            return prefill, leg, admit
 
     async def _prefill(
-        self, job: _Job, prefill_id: WorkerId, admit: pb.AdmitResponse, legs: list[_Leg]
+        self, job: _Job, worker: WorkerRecord, admit: pb.AdmitResponse, legs: list[_Leg]
     ) -> gen_pb.GenerateResponse | None:
         """Run the prompt on the prefill worker; the first-token message, or None when the
         prefill worker failed (the next attempt excludes it)."""
-        worker = self._record(prefill_id)
         leg = _Leg(worker, legs[0].rid)
         legs.append(leg)
-        self.registry.placed(prefill_id, +1)
+        self.registry.placed(worker.info.worker_id, +1)
         request = pb.PrefillRequest(
             request_id=leg.rid,
             prompt_token_ids=[*job.prompt, *job.cursor.sent],
@@ -389,7 +389,7 @@ class GenerationServicer:
             self._worker_failed(job, worker, err)  # next attempt places elsewhere
             return None
         legs.remove(leg)  # done there: the prefill worker finished the request itself
-        self.registry.placed(prefill_id, -1)
+        self.registry.placed(worker.info.worker_id, -1)
         job.kv_transfer_s = reply.kv_transfer_s
         job.cached_tokens = reply.num_cached_tokens
         start = len(job.cursor.sent)

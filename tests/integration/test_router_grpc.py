@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -229,3 +230,43 @@ def test_a_corrupted_kv_chunk_is_caught_and_recovered(
 
     plan = FaultPlan(corrupt_seqs=frozenset({0}), corrupt_resends=corrupt_resends)
     run_cluster(test, faults={"prefill-0": plan})
+
+
+def test_a_client_deadline_ends_the_request_and_frees_its_blocks() -> None:
+    async def test(cluster: RouterCluster) -> None:
+        slow = SamplingParams(max_tokens=150, temperature=0.0, ignore_eos=True)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await cluster.generate(PROMPTS[12], slow, timeout=0.3)
+        assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        await cluster.all_blocks_free()
+        assert cluster.router.generation.num_running == 0
+
+    run_cluster(test)
+
+
+def test_a_full_decode_worker_queues_then_answers_resource_exhausted() -> None:
+    """Another client's admission holds 13 of the decode worker's 16 blocks: a request
+    waits `queue_timeout_s` for room, then gets RESOURCE_EXHAUSTED; once the blocks are
+    released the same request is served."""
+
+    async def test(cluster: RouterCluster) -> None:
+        (decode,) = cluster.workers
+        async with grpc.aio.insecure_channel(decode.address) as channel:
+            worker = pb_grpc.WorkerStub(channel)
+            hog = pb.AdmitRequest(request_id="hog", prompt_token_ids=[256, *range(200)])
+            await worker.Admit(hog, timeout=5)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await cluster.generate([256, *range(60)], GREEDY)
+            assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "full" in (err.value.details() or "")
+            await worker.Release(pb.ReleaseRequest(request_id="hog"), timeout=5)
+        assert tokens_of(await cluster.generate([256, *range(60)], GREEDY))
+        await cluster.all_blocks_free()
+
+    small = replace(ENGINE, num_kv_blocks=16)
+    run_cluster(
+        test,
+        ("decode",),
+        router=router_config(queue_timeout_s=0.5, short_prompt_tokens=1000),
+        engine=small,
+    )

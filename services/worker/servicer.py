@@ -173,6 +173,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         compute_prompt: bool,
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[Any]:
+        if pending.entry.expiry is not None:  # this call owns the request now: its
+            pending.entry.expiry.cancel()  # cancellation or deadline frees the blocks
         if not compute_prompt:
             wait = context.time_remaining() or self.config.kv_wait_timeout_s
             try:

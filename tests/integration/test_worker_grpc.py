@@ -179,3 +179,43 @@ def test_release_frees_an_admitted_request() -> None:
         await cluster.free()
 
     run(test)
+
+
+def test_an_open_decode_call_keeps_its_admission_past_the_kv_wait_timeout() -> None:
+    """The router opens Decode before a slow Prefill: the reservation must not expire
+    while Decode is waiting for the KV."""
+
+    async def test(cluster: Cluster) -> None:
+        prompt = PROMPTS[3]
+        expected = LLM(model="tiny", max_model_len=256).generate([prompt], GREEDY)[0].token_ids
+        sampling = sampling_to_proto(GREEDY)
+        admit = await cluster.d.Admit(
+            pb.AdmitRequest(
+                request_id="slow",
+                prompt_token_ids=prompt,
+                sampling=sampling,
+                kv_wait_timeout_ms=200,
+            ),
+            timeout=TIMEOUT,
+        )
+        decode = asyncio.create_task(
+            collect(cluster.d.Decode(pb.DecodeRequest(request_id="slow"), timeout=TIMEOUT))
+        )
+        await asyncio.sleep(0.6)  # three times the wait timeout
+        await cluster.p.Prefill(
+            pb.PrefillRequest(
+                request_id="slow",
+                prompt_token_ids=prompt,
+                sampling=sampling,
+                destination=pb.KVDestination(
+                    kv_endpoint=admit.kv_endpoint,
+                    needed_block_positions=admit.needed_block_positions,
+                    kv_layout=admit.kv_layout,
+                ),
+            ),
+            timeout=TIMEOUT,
+        )
+        assert await decode == expected
+        await cluster.free()
+
+    run(test)

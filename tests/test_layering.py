@@ -11,6 +11,9 @@ import pytest
 TORCH_FREE = [
     "kvferry",
     "kvferry.tokenizer",
+    "kvferry.client",
+    "kvferry.local_cluster",
+    "kvferry.services.router.server",
     "kvferry.services.router.placement",
     "kvferry.services.router.registry",
     "kvferry.services.engine.scheduler",

@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kvferry._proto.kvferry.v1 import worker_pb2, worker_pb2_grpc
+from kvferry.security import BearerTokenInterceptor, read_token_file, server_credentials
 from kvferry.tokenizer import Tokenizer, load_tokenizer
 
 from .config import RouterConfig
@@ -77,8 +78,6 @@ class RouterServer:
         )
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if config.auth_token_file:
-            from kvferry.security import BearerTokenInterceptor, read_token_file
-
             token = read_token_file(config.auth_token_file)
             interceptors.append(BearerTokenInterceptor(token, [SERVICE_NAME]))
         front = grpc.aio.server(interceptors=interceptors)
@@ -87,10 +86,9 @@ class RouterServer:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, front)
         names = [SERVICE_NAME, health.SERVICE_NAME]
         bind = f"{config.host}:{config.port}"
-        if config.tls_cert:
-            from kvferry.security import server_credentials
-
-            port = front.add_secure_port(bind, server_credentials(config.tls_cert, config.tls_key))
+        credentials = server_credentials(config.tls_cert or None, config.tls_key or None)
+        if credentials is not None:
+            port = front.add_secure_port(bind, credentials)
         else:
             port = front.add_insecure_port(bind)
         if port == 0:

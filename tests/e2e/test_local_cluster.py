@@ -171,9 +171,9 @@ def test_kvferry_up_serves_grpcurl_status_and_generate_then_stops(tmp_path: Path
             timeout=60,
         )
         assert called.returncode == 0, called.stderr
-        assert "FINISH_REASON_LENGTH" in called.stdout and '"tokenIds"' in called.stdout
+        assert "FINISH_REASON_LENGTH" in called.stdout and '"token_ids"' in called.stdout
         want = LLM(model="tiny").generate(["Hello"], SamplingParams(max_tokens=6, temperature=0))
-        got = [int(t) for t in _json_ints(called.stdout, "tokenIds")]
+        got = [int(t) for t in _json_ints(called.stdout, "token_ids")]
         assert got == want[0].token_ids
 
         kvferry = [sys.executable, "-m", "kvferry"]

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from pathlib import Path
 
 import grpc
 import pytest
 
-from kvferry import LLM, SamplingParams
+from kvferry import LLM, AsyncClient, SamplingParams
 from kvferry._proto.kvferry.v1 import generation_pb2 as gen_pb
 from kvferry._proto.kvferry.v1 import kvtransfer_pb2 as kv_pb
 from kvferry._proto.kvferry.v1 import worker_pb2 as pb
 from kvferry._proto.kvferry.v1 import worker_pb2_grpc as pb_grpc
+from kvferry.errors import UnauthenticatedError, UnavailableError
 from kvferry.services.kvtransfer.faults import FaultPlan
+from tests.tls_certs import write_self_signed
 
 from .router_cluster import ENGINE, RouterCluster, router_config, run_cluster, tokens_of
 
@@ -270,3 +273,54 @@ def test_a_full_decode_worker_queues_then_answers_resource_exhausted() -> None:
         router=router_config(queue_timeout_s=0.5, short_prompt_tokens=1000),
         engine=small,
     )
+
+
+def test_tls_and_bearer_token_end_to_end(tmp_path: Path, reference: list[list[int]]) -> None:
+    """The router serves TLS and requires a token on the client port; workers register on
+    the separate plaintext registry port; the SDK connects with the CA and the token."""
+    certs = write_self_signed(tmp_path)
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    config = router_config(
+        tls_cert=str(certs.cert_file),
+        tls_key=str(certs.key_file),
+        auth_token_file=str(token_file),
+        registry_port=0,
+    )
+
+    async def test(cluster: RouterCluster) -> None:
+        assert cluster.router.registry_address != cluster.router.address
+        trusted = {"root_certificates": certs.cert_file, "max_retries": 0}
+        async with AsyncClient(cluster.router.address, token="s3cret", **trusted) as client:
+            done = await client.complete(
+                PROMPTS[12], max_tokens=12, temperature=0.0, ignore_eos=True
+            )
+            assert list(done.token_ids) == reference[12]
+        async with AsyncClient(cluster.router.address, token="wrong", **trusted) as client:
+            with pytest.raises(UnauthenticatedError):
+                await client.complete("hi", max_tokens=2)
+        async with AsyncClient(cluster.router.address, max_retries=0, timeout=5) as client:
+            with pytest.raises(UnavailableError):  # plaintext to a TLS port
+                await client.complete("hi", max_tokens=2)
+        await cluster.all_blocks_free()
+
+    run_cluster(test, router=config)
+
+
+def test_a_worker_of_another_model_is_refused() -> None:
+    async def test(cluster: RouterCluster) -> None:
+        stub = pb_grpc.RegistryStub(cluster.channel)
+        request = pb.RegisterRequest(
+            worker_id="stranger",
+            role=gen_pb.WORKER_ROLE_DECODE,
+            address="127.0.0.1:1",
+            model="llama-3-8b",
+            block_hash_scheme=1,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Register(request, timeout=5)
+        assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert "--model" in (err.value.details() or "")
+        assert len(cluster.router.registry.records()) == 1
+
+    run_cluster(test, ("mixed",))

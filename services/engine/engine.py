@@ -332,6 +332,10 @@ class LLMEngine:
             num_running=len(self.scheduler.running),
             num_waiting=len(self.scheduler.waiting),
             kv_cache_bytes=self.cache_layout.total_bytes,
+            prefill_tokens_waiting=sum(
+                max(0, r.num_prompt_tokens - r.num_computed_tokens)
+                for r in (*self.scheduler.waiting, *self.scheduler.running)
+            ),
         )
 
     def take_kv_events(self) -> list[KVEvent]:

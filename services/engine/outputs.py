@@ -39,3 +39,5 @@ class EngineStats:
     num_running: int
     num_waiting: int
     kv_cache_bytes: int
+    prefill_tokens_waiting: int = 0
+    """Prompt tokens not yet computed, over waiting and running requests."""

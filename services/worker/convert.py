@@ -55,4 +55,5 @@ def load_to_proto(stats: EngineStats) -> gen_pb.WorkerLoad:
         free_kv_blocks=stats.free_blocks,
         total_kv_blocks=stats.total_blocks,
         cached_kv_blocks=stats.cached_blocks,
+        prefill_tokens_waiting=stats.prefill_tokens_waiting,
     )

@@ -190,3 +190,18 @@ def test_kv_events_follow_the_prefix_cache() -> None:
     assert len(stored) == 2  # 40 prompt tokens = 2 full blocks of 16
     assert engine.stats().cached_blocks == 2
     assert engine.take_kv_events() == []
+
+
+def test_stats_count_prompt_tokens_not_yet_computed() -> None:
+    engine = LLMEngine(
+        EngineConfig(model="tiny", num_kv_blocks=32, max_model_len=128, max_num_batched_tokens=16)
+    )
+    params = SamplingParams(max_tokens=2, temperature=0.0)
+    engine.add_request("a", [256, *range(39)], params)  # 40 prompt tokens
+    engine.add_request("b", [256, *range(9)], params)  # 10
+    assert engine.stats().prefill_tokens_waiting == 50
+    engine.step()  # one chunk of 16 tokens
+    assert engine.stats().prefill_tokens_waiting == 34
+    while engine.has_work():
+        engine.step()
+    assert engine.stats().prefill_tokens_waiting == 0

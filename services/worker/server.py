@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from kvferry._proto.kvferry.v1 import generation_pb2 as gen_pb
 from kvferry._proto.kvferry.v1 import kvtransfer_pb2, worker_pb2, worker_pb2_grpc
-from kvferry.services.engine.async_engine import AsyncEngine
+from kvferry.services.engine.async_engine import AsyncEngine, EngineDeadError
 from kvferry.services.engine.block_hash import HASH_SCHEME_VERSION
 from kvferry.services.engine.config import EngineConfig
 from kvferry.services.engine.engine import LLMEngine
@@ -49,6 +49,7 @@ class WorkerServer:
         sender: KVSender,
         address: str,
         registration: Registration | None,
+        events_task: asyncio.Task[None],
     ) -> None:
         self.server = server
         self.engine = engine
@@ -56,6 +57,7 @@ class WorkerServer:
         self.sender = sender
         self.address = address
         self.registration = registration
+        self.events_task = events_task
 
     @classmethod
     async def start(
@@ -108,18 +110,30 @@ class WorkerServer:
             config.role,
             address,
         )
+        events = asyncio.create_task(_collect_kv_events(servicer), name="kvferry-kv-events")
         registration = None
         if config.router:
             registration = _registration(config, servicer, engine, address)
             registration.start()
-        return cls(server, engine, servicer, sender, address, registration)
+        return cls(server, engine, servicer, sender, address, registration, events)
 
     async def stop(self, grace_s: float = 1.0) -> None:
+        self.events_task.cancel()
         if self.registration is not None:
             await self.registration.stop()
         await self.server.stop(grace_s)
         await self.sender.close()
         await self.engine.shutdown()
+
+
+async def _collect_kv_events(servicer: WorkerServicer, interval_s: float = 0.5) -> None:
+    """Keep the engine's event list short even when nobody asks for stats."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await servicer.collect_kv_events()
+        except EngineDeadError:
+            return
 
 
 def _registration(

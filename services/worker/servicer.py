@@ -37,6 +37,7 @@ from kvferry.wire import sampling_from_proto
 
 from .config import WorkerConfig
 from .convert import layout_to_proto, load_to_proto, logprob_to_proto, output_to_proto
+from .kv_events import KVEventLog, event_to_proto
 from .kv_sink import Admitted
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self.admitted = admitted
         self._pending: dict[str, _Pending] = {}
         self.draining = False
+        self.kv_events = KVEventLog()
+        """Prefix-cache events for the router's index (drained from the engine)."""
         self.transfer_logs: list[TransferLog] = []
         """Where this worker's sends and receives are recorded (reported by GetStats)."""
 
@@ -274,12 +277,21 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self, request: pb.WorkerStatsRequest, context: grpc.aio.ServicerContext
     ) -> pb.WorkerStats:
         stats = await _guarded(context, self.engine.stats())
+        await _guarded(context, self.collect_kv_events())
+        since = self.kv_events.since(request.since_event_seq)
         transfers = [t.to_proto() for log in self.transfer_logs for t in log.snapshot()]
         return pb.WorkerStats(
             worker_id=self.config.worker_id,
             load=load_to_proto(stats),
+            events=[event_to_proto(seq, event) for seq, event in since.events],
+            last_event_seq=since.last_seq,
+            events_truncated=since.truncated,
             recent_transfers=transfers,
         )
+
+    async def collect_kv_events(self) -> None:
+        """Move the engine's pending prefix-cache events into the numbered log."""
+        self.kv_events.extend(await self.engine.call(lambda e: e.take_kv_events()))
 
     async def Drain(
         self, request: pb.DrainRequest, context: grpc.aio.ServicerContext

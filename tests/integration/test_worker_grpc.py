@@ -219,3 +219,22 @@ def test_an_open_decode_call_keeps_its_admission_past_the_kv_wait_timeout() -> N
         await cluster.free()
 
     run(test)
+
+
+def test_get_stats_reports_numbered_prefix_cache_events() -> None:
+    async def test(cluster: Cluster) -> None:
+        shared = [256, *range(1, 64)]  # 4 full blocks
+        await cluster.generate("e1", [*shared, 7, 8, 9])
+        stats = await cluster.d.GetStats(pb.WorkerStatsRequest(), timeout=TIMEOUT)
+        stored = [h for e in stats.events if e.HasField("stored") for h in e.stored.block_hashes]
+        assert len(stored) >= 4  # the prompt's full blocks became reusable prefix KV
+        seqs = [e.seq for e in stats.events]
+        assert seqs == list(range(1, len(seqs) + 1)) and stats.last_event_seq == seqs[-1]
+        assert not stats.events_truncated
+        later = await cluster.d.GetStats(
+            pb.WorkerStatsRequest(since_event_seq=stats.last_event_seq), timeout=TIMEOUT
+        )
+        assert list(later.events) == [] and later.last_event_seq == stats.last_event_seq
+        await cluster.free()
+
+    run(test)

@@ -28,6 +28,8 @@ async def serve(engine_config: EngineConfig, config: WorkerConfig) -> None:
     await stop.wait()
     servicer = server.servicer
     servicer.draining = True  # new Admit/Prefill calls get UNAVAILABLE
+    if server.registration is not None:
+        server.registration.beat_now()  # the router stops placing here now, not in 2 s
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while server.engine.num_active and time.monotonic() < deadline:
         await asyncio.sleep(0.05)

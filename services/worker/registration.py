@@ -7,6 +7,7 @@ carry deadlines and failures are retried with capped backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -39,7 +40,17 @@ class Registration:
         self.interval_s = interval_s
         self.rpc_timeout_s = rpc_timeout_s
         self.registered = asyncio.Event()
+        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    def beat_now(self) -> None:
+        """Heartbeat at once (e.g. to tell the router this worker started draining)."""
+        self._wake.set()
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="kvferry-registration")
@@ -77,7 +88,7 @@ class Registration:
                             self.registered.clear()
                             continue
                     backoff = 0.1
-                    await asyncio.sleep(self.interval_s)
+                    await self._pause(self.interval_s)
                 except grpc.aio.AioRpcError as err:
                     log.warning(
                         "router %s unreachable (%s); retrying", self.router, err.code().name

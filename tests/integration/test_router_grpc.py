@@ -324,3 +324,27 @@ def test_a_worker_of_another_model_is_refused() -> None:
         assert len(cluster.router.registry.records()) == 1
 
     run_cluster(test, ("mixed",))
+
+
+def test_a_draining_worker_tells_the_router_at_once_and_gets_no_new_requests(
+    reference: list[list[int]],
+) -> None:
+    async def test(cluster: RouterCluster) -> None:
+        first, second = cluster.workers
+        first.servicer.draining = True
+        assert first.registration is not None
+        first.registration.beat_now()
+        record = cluster.router.registry.get(first.servicer.config.worker_id)
+        for _ in range(100):  # well under the 5 s heartbeat interval
+            if record is not None and record.state.value == "draining":
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the router did not hear about the drain")
+        results = await asyncio.gather(*(cluster.generate(p, GREEDY) for p in PROMPTS[:4]))
+        assert [tokens_of(r) for r in results] == reference[:4]
+        assert (await first.engine.stats()).cached_blocks == 0  # nothing ran there
+        await cluster.all_blocks_free()
+
+    slow_beats = router_config(heartbeat_interval_s=5.0, worker_ttl_s=15.0)
+    run_cluster(test, ("mixed", "mixed"), router=slow_beats)

@@ -238,8 +238,8 @@ def _up(args: argparse.Namespace) -> int:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: terminal closed
+        signal.signal(sig, on_signal)
     try:
         cluster.start()
     except ClusterStartError as err:

@@ -33,6 +33,18 @@ _SERVING = re.compile(r"kvferry router serving \S+ on (\S+)")
 _POLL_S = 0.05
 
 
+def _terminate_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the process that started it dies (even by
+    SIGKILL), so no child outlives `kvferry up`. Linux only; elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+
+
 class ClusterStartError(RuntimeError):
     """A child process failed to start (its log's tail is in the message)."""
 
@@ -134,6 +146,7 @@ class LocalCluster:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=_terminate_with_parent,
             )
         self.children.append(child)
         return child

@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+_ENDED = object()
+"""Put in a request's inbox when `abort` ends its stream."""
+
+
 class QueueFullError(CapacityError):
     """More requests than the engine's admission queue holds (RESOURCE_EXHAUSTED)."""
 
@@ -87,7 +91,13 @@ class AsyncEngine:
         return await self.call(lambda e: e.stats())
 
     async def abort(self, request_id: str) -> bool:
-        return await self.call(lambda e: e.abort(request_id))
+        """Abort a request; a stream open on it ends (after what was already produced)."""
+        aborted = await self.call(lambda e: e.abort(request_id))
+        target = self._streams.pop(request_id, None)
+        if target is not None:
+            loop, inbox = target
+            loop.call_soon_threadsafe(inbox.put_nowait, _ENDED)
+        return bool(aborted)
 
     async def generate(
         self,
@@ -96,22 +106,25 @@ class AsyncEngine:
         params: SamplingParams,
         *,
         kv_export: KVExport | None = None,
+        skip_draws: int = 0,
     ) -> AsyncIterator[RequestOutput]:
         """Stream a request's outputs. Raises ValueError for bad input, QueueFullError when
         the admission queue is full. Closing the iterator early aborts the request."""
 
         def start(e: LLMEngine) -> None:
-            e.add_request(request_id, prompt, params, kv_export=kv_export)
+            e.add_request(request_id, prompt, params, kv_export=kv_export, skip_draws=skip_draws)
 
         async with contextlib.aclosing(self._stream(request_id, start)) as stream:
             async for out in stream:
                 yield out
 
     async def admit_remote(
-        self, request_id: str, prompt: Sequence[int], params: SamplingParams
+        self, request_id: str, prompt: Sequence[int], params: SamplingParams, *, skip_draws: int = 0
     ) -> RemoteAdmission | None:
         self._check_capacity(request_id)
-        return await self.call(lambda e: e.admit_remote(request_id, prompt, params))
+        return await self.call(
+            lambda e: e.admit_remote(request_id, prompt, params, skip_draws=skip_draws)
+        )
 
     async def complete_remote(
         self, request_id: str, first_token_id: int
@@ -166,6 +179,9 @@ class AsyncEngine:
         try:
             while not finished:
                 item = await inbox.get()
+                if item is _ENDED:  # aborted: the engine holds nothing more for it
+                    finished = True
+                    return
                 if isinstance(item, BaseException):
                     raise EngineDeadError(f"request {request_id!r} lost: {item}") from item
                 finished = item.finished

@@ -132,9 +132,12 @@ class LLMEngine:
         params: SamplingParams | None = None,
         *,
         kv_export: KVExport | None = None,
+        skip_draws: int = 0,
     ) -> None:
         """Queue a request. With `kv_export`, the KV of the listed blocks is handed to its
-        sink layer by layer in the step that completes the prompt (a prefill worker)."""
+        sink layer by layer in the step that completes the prompt (a prefill worker).
+        `skip_draws`: tokens of a seeded request already sampled elsewhere (the prompt ends
+        with them, after a worker failure); its random stream continues after them."""
         request = self._new_request(request_id, prompt, params)
         if kv_export is not None:
             bad = [
@@ -146,8 +149,15 @@ class LLMEngine:
                 raise ValueError(f"kv_export block positions {bad} are outside the prompt's blocks")
         self.scheduler.add_request(request)
         self._track(request)
+        self._skip_draws(request, skip_draws)
         if kv_export is not None:
             self._exports[request.request_id] = kv_export
+
+    def _skip_draws(self, request: Request, draws: int) -> None:
+        if draws < 0:
+            raise ValueError(f"skip_draws must be >= 0, got {draws}")
+        row = SampleRow(request.request_id, request.params)
+        self.runner.sampler.advance(row, self.model_config.vocab_size, draws)
 
     def _new_request(
         self, request_id: str, prompt: str | Sequence[int], params: SamplingParams | None
@@ -167,6 +177,7 @@ class LLMEngine:
             arrival=self._arrivals,
         )
         self._arrivals += 1
+        self.runner.sampler.forget([rid])  # a reused id starts a fresh random stream
         return request
 
     def _track(self, request: Request) -> None:
@@ -184,7 +195,12 @@ class LLMEngine:
 
     # -- remote prefill (decode worker side) ------------------------------------------------
     def admit_remote(
-        self, request_id: str, prompt: Sequence[int], params: SamplingParams | None = None
+        self,
+        request_id: str,
+        prompt: Sequence[int],
+        params: SamplingParams | None = None,
+        *,
+        skip_draws: int = 0,
     ) -> RemoteAdmission | None:
         """Reserve blocks for a request whose prompt KV a prefill worker will send.
 
@@ -196,6 +212,7 @@ class LLMEngine:
         if admission is None:
             return None
         self._track(request)
+        self._skip_draws(request, skip_draws)
         self._incoming[request.request_id] = IncomingKV(
             admission, self.model_config.num_hidden_layers
         )

@@ -129,8 +129,15 @@ class Scheduler:
         if request.request_id in self.requests:
             raise ValueError(f"request id {request.request_id!r} is already in the engine")
         self.check_fits(request.num_prompt_tokens, request.params.max_tokens)
+        self._reuse_id(request.request_id)
         self.requests[request.request_id] = request
         self.waiting.append(request)
+
+    def _reuse_id(self, request_id: RequestId) -> None:
+        """A new request under the id of one that ended since the last step: that end must
+        not reach the runner, or it would drop the new request's per-request state."""
+        if request_id in self._finished_since_step:
+            self._finished_since_step = [r for r in self._finished_since_step if r != request_id]
 
     def finish_requests(self, request_ids: Iterable[RequestId], reason: FinishReason) -> None:
         """End requests from outside the step (abort, stop string). Unknown ids are ignored."""
@@ -169,6 +176,7 @@ class Scheduler:
         request.status = RequestStatus.WAITING_FOR_KV
         self.num_awaiting_kv += 1
         request.num_cached_tokens = num_hit
+        self._reuse_id(request.request_id)
         self.requests[request.request_id] = request
         block_ids = self.kv.block_ids(request.request_id)
         return RemoteAdmission(block_ids, list(range(len(hits), len(block_ids))), num_hit)

@@ -28,6 +28,9 @@ class RouterConfig:
     """Deadline of a request whose client set none."""
     admit_timeout_s: float = 5.0
     """Deadline of one Admit call on a decode worker."""
+    prefill_timeout_s: float = 300.0
+    """Deadline of one Prefill call; a prefill worker stuck longer is given up on and the
+    request placed again."""
     max_attempts: int = 3
     """Placements tried per request (a worker failing mid-request counts one)."""
     short_prompt_tokens: int = 64
@@ -61,6 +64,7 @@ class RouterConfig:
             "queue_timeout_s",
             "request_timeout_s",
             "admit_timeout_s",
+            "prefill_timeout_s",
             "worker_ttl_s",
             "heartbeat_interval_s",
         ):
@@ -72,6 +76,12 @@ class RouterConfig:
             raise ValueError(
                 "with --tls-cert the client port is TLS-only: give workers a separate"
                 " cluster-internal --registry-port"
+            )
+        if self.auth_token_file and self.registry_port == -1:
+            raise ValueError(
+                "with --auth-token-file, give workers a separate cluster-internal"
+                " --registry-port (the Registry takes no token; on the client port it would"
+                " let anyone register a worker)"
             )
         if self.worker_ttl_s <= self.heartbeat_interval_s:
             raise ValueError(

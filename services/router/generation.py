@@ -22,8 +22,9 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -232,7 +233,9 @@ class GenerationServicer:
             )
         now = self.clock()
         budget = context.time_remaining()
-        timeout = self.config.request_timeout_s if budget is None else budget
+        timeout = self.config.request_timeout_s
+        if budget is not None:
+            timeout = min(timeout, budget)
         key = uuid.uuid4().hex[:16]
         return _Job(
             request.request_id or key,
@@ -251,8 +254,9 @@ class GenerationServicer:
     async def _serve(self, job: _Job) -> AsyncIterator[gen_pb.GenerateResponse]:
         try:
             while True:
-                if len(job.cursor.sent) >= job.params.max_tokens:  # died after the last one
-                    yield self._final(job, gen_pb.FINISH_REASON_LENGTH, None)
+                ended = self._ended(job)  # a worker died right after the last token
+                if ended is not None:
+                    yield self._final(job, ended, None)
                     return
                 async for message in self._attempt(job):
                     yield message
@@ -297,6 +301,9 @@ class GenerationServicer:
         except StreamMismatchError as err:
             self._fail(job, decode.worker, str(err))
         finally:
+            if not finished:  # a Decode still waiting on the worker must not linger there
+                for open_call in job.calls:
+                    open_call.cancel()
             job.calls.clear()
             for leg in legs:
                 self.registry.placed(leg.worker.info.worker_id, -1)
@@ -350,6 +357,7 @@ class GenerationServicer:
                 if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     busy.add(decode.info.worker_id)
                 else:
+                    self._release(leg)  # a timed-out Admit may have reserved blocks there
                     self._worker_failed(job, decode, err)
                 continue
             except asyncio.CancelledError:
@@ -372,6 +380,7 @@ class GenerationServicer:
         request = pb.PrefillRequest(
             request_id=leg.rid,
             prompt_token_ids=[*job.prompt, *job.cursor.sent],
+            num_output_tokens=len(job.cursor.sent),
             sampling=job.sampling,
             destination=pb.KVDestination(
                 kv_endpoint=admit.kv_endpoint,
@@ -379,9 +388,8 @@ class GenerationServicer:
                 kv_layout=admit.kv_layout,
             ),
         )
-        call = self.clients.stub(worker.info.address).Prefill(
-            request, timeout=job.remaining(self.clock())
-        )
+        timeout = min(self.config.prefill_timeout_s, job.remaining(self.clock()))
+        call = self.clients.stub(worker.info.address).Prefill(request, timeout=timeout)
         job.calls.append(call)
         try:
             reply = await call
@@ -428,6 +436,16 @@ class GenerationServicer:
                 yield message
 
     # -- helpers ---------------------------------------------------------------------------
+    def _ended(self, job: _Job) -> int | None:
+        """The finish reason of a request whose last sent token already ended it."""
+        if len(job.cursor.sent) >= job.params.max_tokens:
+            return gen_pb.FINISH_REASON_LENGTH
+        if job.cursor.sent and not job.params.ignore_eos:
+            stops = {*job.params.stop_token_ids, *self.tokenizer.eos_token_ids}
+            if job.cursor.sent[-1] in stops:
+                return gen_pb.FINISH_REASON_STOP
+        return None
+
     def _stamp_first(self, job: _Job, message: gen_pb.GenerateResponse) -> None:
         job.first_token_at = self.clock()
         message.timing.ttft_s = job.first_token_at - job.started
@@ -472,11 +490,14 @@ class GenerationServicer:
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             job.remaining(self.clock())  # the request's own deadline: DEADLINE_EXCEEDED
         if code == grpc.StatusCode.UNAVAILABLE:
-            if "draining" in detail:
+            if "draining" in detail:  # a normal state, not a failure: just go elsewhere
                 self.registry.set_draining(worker.info.worker_id)
-            else:
-                # Unreachable: stop placing there until it heartbeats (and re-registers).
-                self.registry.remove(worker.info.worker_id)
+                job.failed.add(worker.info.worker_id)
+                return
+            # Unreachable: stop placing there until it heartbeats (and re-registers), and
+            # reconnect afresh then (a cached channel would sit in reconnect backoff).
+            if self.registry.remove(worker.info.worker_id):
+                self._background_task(self.clients.close(worker.info.address))
         self._fail(job, worker, f"{code.name}: {detail}")
 
     def _release(self, leg: _Leg) -> None:
@@ -490,7 +511,10 @@ class GenerationServicer:
             except grpc.aio.AioRpcError as err:
                 log.debug("release of %s on %s failed: %s", leg.rid, leg.worker.info.address, err)
 
-        task = asyncio.get_running_loop().create_task(release())
+        self._background_task(release())
+
+    def _background_task(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

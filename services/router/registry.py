@@ -32,7 +32,11 @@ class Registry:
             raise ValueError("worker_id must be non-empty")
         if not info.address:
             raise ValueError(f"worker {info.worker_id!r} has no address")
-        self._workers[info.worker_id] = WorkerRecord(info, load, now)
+        previous = self._workers.get(info.worker_id)
+        record = WorkerRecord(info, load, now)
+        if previous is not None and previous.info.address == info.address:
+            record.in_flight = previous.in_flight  # the router's requests there still run
+        self._workers[info.worker_id] = record
 
     def heartbeat(
         self, worker_id: WorkerId, load: WorkerLoad, now: float, *, draining: bool = False
@@ -53,11 +57,11 @@ class Registry:
     def remove(self, worker_id: WorkerId) -> bool:
         return self._workers.pop(worker_id, None) is not None
 
-    def expire(self, now: float) -> list[WorkerId]:
-        """Drop workers not heard from within the TTL; returns their ids."""
-        dead = [wid for wid, r in self._workers.items() if now - r.last_seen > self.config.ttl_s]
-        for wid in dead:
-            del self._workers[wid]
+    def expire(self, now: float) -> list[WorkerRecord]:
+        """Drop workers not heard from within the TTL; returns their records."""
+        dead = [r for r in self._workers.values() if now - r.last_seen > self.config.ttl_s]
+        for record in dead:
+            del self._workers[record.info.worker_id]
         return dead
 
     def get(self, worker_id: WorkerId) -> WorkerRecord | None:

@@ -122,8 +122,9 @@ class RouterServer:
     async def _expire_loop(self, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s / 2)
-            for worker_id in self.registry.expire(time.monotonic()):
-                log.warning("worker expired (no heartbeat): %s", worker_id)
+            for record in self.registry.expire(time.monotonic()):
+                log.warning("worker expired (no heartbeat): %s", record.info.worker_id)
+                await self.clients.close(record.info.address)
 
     async def stop(self, grace_s: float = 1.0) -> None:
         if self._expiry is not None:

@@ -58,7 +58,7 @@ class Registration:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait({self._task}, timeout=self.rpc_timeout_s)
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -90,6 +90,9 @@ class Registration:
                     backoff = 0.1
                     await self._pause(self.interval_s)
                 except grpc.aio.AioRpcError as err:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():  # stop(): the call was cut
+                        raise asyncio.CancelledError from err
                     log.warning(
                         "router %s unreachable (%s); retrying", self.router, err.code().name
                     )

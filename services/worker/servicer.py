@@ -49,6 +49,8 @@ class _Pending:
     prompt: list[int]
     params: SamplingParams
     entry: Admitted
+    skip_draws: int
+    """Tokens already generated elsewhere (a re-admission): seeded streams skip them."""
 
 
 def status_for(err: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -117,7 +119,12 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             if remaining < 1:
                 raise ValueError("output_token_ids already reach max_tokens")
             params = replace(params, max_tokens=remaining)
-        admission = await self.engine.admit_remote(request.request_id, prompt, params)
+        rid, skip = request.request_id, len(request.output_token_ids)
+        try:
+            admission = await self.engine.admit_remote(rid, prompt, params, skip_draws=skip)
+        except asyncio.CancelledError:  # the caller's deadline: the engine may have admitted
+            self.engine.submit(lambda e: e.abort(rid))  # runs after the admit (in order)
+            raise
         if admission is None:
             raise CapacityError("no free KV blocks or sequence slots for this request now")
         loop = asyncio.get_running_loop()
@@ -127,7 +134,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         timeout = request.kv_wait_timeout_ms / 1000 or self.config.kv_wait_timeout_s
         entry.expiry = loop.call_later(timeout, self._expire, request.request_id)
         self.admitted[request.request_id] = entry
-        self._pending[request.request_id] = _Pending(prompt, params, entry)
+        self._pending[request.request_id] = _Pending(prompt, params, entry, skip)
         return pb.AdmitResponse(
             needed_block_positions=admission.needed_block_positions,
             num_cached_tokens=admission.num_cached_tokens,
@@ -193,7 +200,10 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 log.warning("recomputing prompt after bad KV: request_id=%s %s", rid, err)
         self._forget(rid)
         await self.engine.abort(rid)
-        return await _started(self.engine.generate(rid, pending.prompt, pending.params))
+        stream = self.engine.generate(
+            rid, pending.prompt, pending.params, skip_draws=pending.skip_draws
+        )
+        return await _started(stream)
 
     async def Release(
         self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext
@@ -245,7 +255,11 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             outs = [
                 out
                 async for out in self.engine.generate(
-                    rid, list(request.prompt_token_ids), params, kv_export=KVExport(positions, sink)
+                    rid,
+                    list(request.prompt_token_ids),
+                    params,
+                    kv_export=KVExport(positions, sink),
+                    skip_draws=request.num_output_tokens,
                 )
             ]
         except BaseException:

@@ -21,11 +21,11 @@ from kvferry._proto.kvferry.v1 import generation_pb2_grpc as gen_grpc
 from kvferry.local_cluster import LocalCluster
 from kvferry.wire import sampling_to_proto
 
-# Small prefill chunks: six prompts take several steps, so a kill lands mid-prefill.
-WORKER_ARGS = ["--kv-cache-bytes", str(64 * 1024**2), "--max-num-batched-tokens", "64"]
+# Small prefill chunks: the prompts take ~45 steps, so a kill lands mid-prefill.
+WORKER_ARGS = ["--kv-cache-bytes", str(64 * 1024**2), "--max-num-batched-tokens", "32"]
 LONG = SamplingParams(max_tokens=160, temperature=0.0, ignore_eos=True)
-# 100-token prompts: beyond the router's default 64, so they take the prefill hop.
-PROMPTS = [[256, *((11 * i + 3 * j) % 256 for j in range(99))] for i in range(6)]
+# 180-token prompts: beyond the router's default 64, so they take the prefill hop.
+PROMPTS = [[256, *((11 * i + 3 * j) % 256 for j in range(179))] for i in range(8)]
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +190,8 @@ def test_kvferry_up_serves_grpcurl_status_and_generate_then_stops(tmp_path: Path
         )
         assert gen.returncode == 0, gen.stderr
         assert "ttft=" in gen.stdout and "[8 tokens, length]" in gen.stdout
-        pids = _child_pids(tmp_path)
+        pids = _children_of(up.pid)
+        assert len(pids) == 3, pids
     finally:
         up.send_signal(signal.SIGINT)
         out, _ = up.communicate(timeout=60)
@@ -216,23 +217,6 @@ def _json_ints(text: str, key: str) -> list[str]:
     return ids
 
 
-def _child_pids(log_dir: Path) -> list[int]:
-    """Processes whose command line names this cluster's log dir's siblings: find children
-    of `kvferry up` by their command lines (router/worker)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        is_child = b"kvferry" in cmd and (b"router" in cmd or b"worker" in cmd)
-        if is_child and os.getpid() != int(entry.name):
-            pids.append(int(entry.name))
-    return pids
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -243,3 +227,55 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.split()[2] != "Z"
+
+
+def test_no_child_outlives_a_killed_kvferry_up(tmp_path: Path) -> None:
+    """`kvferry up` dying without cleanup (SIGKILL, a closed terminal) still takes its
+    router and workers down: they get SIGTERM from the kernel and drain."""
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kvferry",
+            "up",
+            "--port",
+            "0",
+            "--log-dir",
+            str(tmp_path),
+            *(f"--worker-arg={a}" for a in WORKER_ARGS),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert up.stdout is not None
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        line = up.stdout.readline()
+        if not line or "Ctrl-C stops" in line:
+            break
+    children = _children_of(up.pid)
+    assert len(children) == 3, children
+    up.kill()
+    up.wait(timeout=30)
+    for _ in range(300):
+        if not any(_alive(pid) for pid in children):
+            break
+        time.sleep(0.05)
+    alive = [pid for pid in children if _alive(pid)]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "children outlived a killed `kvferry up`"
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found

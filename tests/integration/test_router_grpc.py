@@ -330,7 +330,7 @@ def test_a_draining_worker_tells_the_router_at_once_and_gets_no_new_requests(
     reference: list[list[int]],
 ) -> None:
     async def test(cluster: RouterCluster) -> None:
-        first, second = cluster.workers
+        first, _ = cluster.workers
         first.servicer.draining = True
         assert first.registration is not None
         first.registration.beat_now()

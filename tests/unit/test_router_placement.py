@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from kvferry.services.router.placement import (
@@ -139,7 +141,7 @@ def test_registry_register_heartbeat_expire_and_restart() -> None:
     reg.register(a, WorkerLoad(), now=0.0)
     reg.register(worker("b", P).info, WorkerLoad(), now=0.0)
     reg.heartbeat(a.worker_id, WorkerLoad(num_running=3, free_kv_blocks=5, total_kv_blocks=9), 4.0)
-    assert reg.expire(now=5.5) == [WorkerId("b")]
+    assert [r.info.worker_id for r in reg.expire(now=5.5)] == [WorkerId("b")]
     record = reg.get(a.worker_id)
     assert record is not None and record.load.num_running == 3
     reg.placed(a.worker_id, +1)
@@ -153,7 +155,7 @@ def test_registry_register_heartbeat_expire_and_restart() -> None:
     reg.register(a, WorkerLoad(), now=7.0)  # a restart re-registers: healthy again
     restarted = reg.get(a.worker_id)
     assert restarted is not None and restarted.state is WorkerState.HEALTHY
-    assert reg.expire(now=12.1) == [a.worker_id]
+    assert [r.info.worker_id for r in reg.expire(now=12.1)] == [a.worker_id]
     assert reg.records() == []
 
 
@@ -177,3 +179,18 @@ def test_bad_registration_and_config() -> None:
         RegistryConfig(ttl_s=0)
     with pytest.raises(ValueError, match="short_prompt_tokens"):
         LeastLoadedConfig(short_prompt_tokens=-1)
+
+
+def test_a_re_registration_keeps_the_routers_in_flight_count() -> None:
+    reg = Registry()
+    a = worker("a", D).info
+    reg.register(a, WorkerLoad(), now=0.0)
+    reg.placed(a.worker_id, +1)
+    reg.placed(a.worker_id, +1)
+    reg.register(a, WorkerLoad(), now=1.0)  # forgotten and back, same address
+    record = reg.get(a.worker_id)
+    assert record is not None and record.in_flight == 2
+    moved = replace(a, address="10.0.0.9:1")  # a new process elsewhere starts from zero
+    reg.register(moved, WorkerLoad(), now=2.0)
+    record = reg.get(a.worker_id)
+    assert record is not None and record.in_flight == 0

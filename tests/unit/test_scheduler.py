@@ -631,3 +631,16 @@ def test_random_workload_keeps_invariants_and_finishes_everything(case: StressCa
         else:
             assert req.finish_reason is FinishReason.LENGTH
         assert req.output_token_ids == want, rid
+
+
+def test_an_id_reused_before_the_next_step_is_not_reported_finished() -> None:
+    """Abort + re-add under the same id (a worker recomputing a prompt) between steps: the
+    next step must not tell the runner the new request finished."""
+    world = World()
+    world.add("r", 5)
+    world.scheduler.finish_requests([RequestId("r")], FinishReason.ABORT)
+    world.scheduler.add_request(make_request("r", 5, arrival=1))
+    assert RequestId("r") not in world.scheduler.schedule().finished_ids
+    world.add("s", 5)
+    world.scheduler.finish_requests([RequestId("s")], FinishReason.ABORT)
+    assert world.scheduler.schedule().finished_ids == [RequestId("s")]

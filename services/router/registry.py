@@ -17,6 +17,10 @@ class RegistryConfig:
             raise ValueError(f"ttl_s must be positive, got {self.ttl_s}")
 
 
+class DuplicateWorkerError(ValueError):
+    """A worker id that a live worker at another address already holds."""
+
+
 class UnknownWorkerError(KeyError):
     """A heartbeat from a worker the registry does not know (it should re-register)."""
 
@@ -33,6 +37,17 @@ class Registry:
         if not info.address:
             raise ValueError(f"worker {info.worker_id!r} has no address")
         previous = self._workers.get(info.worker_id)
+        if (
+            previous is not None
+            and previous.info.address != info.address
+            and now - previous.last_seen <= self.config.ttl_s
+        ):
+            # Two live workers under one id would heartbeat each other's record alive.
+            # A worker that moved (a restart elsewhere) gets in once the old one expires.
+            raise DuplicateWorkerError(
+                f"worker id {info.worker_id!r} is held by a live worker at"
+                f" {previous.info.address}; give each worker a unique --worker-id"
+            )
         record = WorkerRecord(info, load, now)
         if previous is not None and previous.info.address == info.address:
             record.in_flight = previous.in_flight  # the router's requests there still run

@@ -13,7 +13,7 @@ from kvferry._proto.kvferry.v1 import worker_pb2 as pb
 from kvferry._proto.kvferry.v1 import worker_pb2_grpc as pb_grpc
 from kvferry.services.engine.block_hash import HASH_SCHEME_VERSION
 
-from .registry import Registry, UnknownWorkerError
+from .registry import DuplicateWorkerError, Registry, UnknownWorkerError
 from .workers import Role, WorkerId, WorkerInfo, WorkerLoad
 
 ROLE_FROM_PROTO = {
@@ -79,6 +79,8 @@ class RegistryServicer(pb_grpc.RegistryServicer):
                 request.capacity.max_model_len,
             )
             self.registry.register(info, load_from_proto(request.load), self.clock())
+        except DuplicateWorkerError as err:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err))
         except ValueError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         return pb.RegisterResponse(heartbeat_interval_ms=int(self.heartbeat_interval_s * 1000))

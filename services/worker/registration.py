@@ -94,7 +94,10 @@ class Registration:
                     if task is not None and task.cancelling():  # stop(): the call was cut
                         raise asyncio.CancelledError from err
                     log.warning(
-                        "router %s unreachable (%s); retrying", self.router, err.code().name
+                        "router %s: %s (%s); retrying",
+                        self.router,
+                        err.code().name,
+                        err.details(),
                     )
                     self.registered.clear()
                     await asyncio.sleep(backoff)

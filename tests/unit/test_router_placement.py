@@ -13,7 +13,12 @@ from kvferry.services.router.placement import (
     Placement,
     PlacementRequest,
 )
-from kvferry.services.router.registry import Registry, RegistryConfig, UnknownWorkerError
+from kvferry.services.router.registry import (
+    DuplicateWorkerError,
+    Registry,
+    RegistryConfig,
+    UnknownWorkerError,
+)
 from kvferry.services.router.workers import (
     Role,
     WorkerId,
@@ -191,6 +196,20 @@ def test_a_re_registration_keeps_the_routers_in_flight_count() -> None:
     record = reg.get(a.worker_id)
     assert record is not None and record.in_flight == 2
     moved = replace(a, address="10.0.0.9:1")  # a new process elsewhere starts from zero
-    reg.register(moved, WorkerLoad(), now=2.0)
+    reg.register(moved, WorkerLoad(), now=1.0 + reg.config.ttl_s + 0.1)
     record = reg.get(a.worker_id)
     assert record is not None and record.in_flight == 0
+
+
+def test_a_live_worker_id_cannot_be_taken_from_another_address() -> None:
+    reg = Registry(RegistryConfig(ttl_s=5.0))
+    a = worker("a", D).info
+    reg.register(a, WorkerLoad(), now=0.0)
+    impostor = replace(a, address="10.0.0.9:1")
+    with pytest.raises(DuplicateWorkerError, match="unique --worker-id"):
+        reg.register(impostor, WorkerLoad(), now=4.0)
+    record = reg.get(a.worker_id)
+    assert record is not None and record.info.address == a.address
+    reg.register(impostor, WorkerLoad(), now=5.5)  # the old one went silent: it moved
+    record = reg.get(a.worker_id)
+    assert record is not None and record.info.address == "10.0.0.9:1"

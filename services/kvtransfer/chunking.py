@@ -4,12 +4,15 @@ A slab is split along layers first (whole layers per chunk while they fit) and t
 blocks, so a chunk is always a dense [layers, 2, blocks, block_size, heads, head_dim]
 tensor. Payloads are raw little-endian bytes; bfloat16 travels as its 16-bit patterns, so
 every dtype round-trips bit for bit. Splitting copies nothing (chunks view the slab);
-assembling copies each payload once.
+assembling a received message copies nothing either (the slab views the message bytes,
+which are read-only: see `KVSink`), so the only copy on the receiving side is the sink's
+own, into its cache.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import google_crc32c
 import numpy as np
@@ -95,7 +98,13 @@ def end_chunk(request_id: str, total_chunks: int, first_token_id: int | None) ->
 
 
 def assemble(chunk: WireChunk) -> KVSlab:
-    """Verify a data chunk and turn it back into a slab (a fresh, writable CPU tensor).
+    """Verify a data chunk and turn it back into a slab on the CPU.
+
+    A payload that is one read-only buffer (a received message) is viewed, not copied
+    (unless misaligned for the dtype):
+    the slab's tensor keeps the message alive and must not be written (see `KVSink`).
+    Any other payload (pieces viewing someone's writable memory, e.g. a sender's slab)
+    is copied once into memory the tensor owns.
 
     ChunkCorruptError: CRC32C mismatch, or shape disagreeing with the payload length.
     TransferRejectedError: not a data chunk, an unsupported dtype, or header fields that
@@ -126,16 +135,12 @@ def assemble(chunk: WireChunk) -> KVSlab:
             f"{where}: shape {list(shape)} of {dtype} needs {expected_bytes} bytes,"
             f" payload has {size}"
         )
-    # NOTE: one copy, out of the received message into memory the tensor owns (the
-    # message bytes are immutable, and a sink may keep or write the tensor).
-    out = torch.empty(size, dtype=torch.uint8)
-    dest, offset = out.numpy(), 0
-    for piece in chunk.payload:
-        n = len(piece)
-        dest[offset : offset + n] = (
-            np.frombuffer(piece, np.uint8) if isinstance(piece, bytes) else piece
-        )
-        offset += n
+    out = _view(chunk.payload)
+    if out is None or out.data_ptr() % dtype.itemsize:
+        # NOTE: a view of the elements at a misaligned address would be undefined
+        # behaviour for typed kernels; numpy's allocation is aligned (and, unlike
+        # torch.empty's, reuses warm heap memory instead of faulting in fresh pages).
+        out = torch.from_numpy(np.concatenate([np.frombuffer(p, np.uint8) for p in chunk.payload]))
     return KVSlab(
         request_id=head.request_id,
         layer_start=head.layer_start,
@@ -143,3 +148,27 @@ def assemble(chunk: WireChunk) -> KVSlab:
         block_positions=list(head.block_positions),
         data=out.view(dtype).reshape(shape),
     )
+
+
+def _view(payload: tuple[Buffer, ...]) -> torch.Tensor | None:
+    """The payload as a uint8 tensor sharing its memory, when it is one read-only buffer
+    (aliasing immutable memory is safe; aliasing a caller's writable memory is not)."""
+    if len(payload) != 1:
+        return None
+    (piece,) = payload
+    if isinstance(piece, np.ndarray) and piece.flags.writeable:
+        return None
+    return torch.frombuffer(piece, dtype=torch.uint8)
+
+
+def _take_torch_read_only_warning() -> None:
+    """NOTE: torch warns, once per process, that a tensor over read-only memory could be
+    written through. Received payloads are read-only by contract (`KVSink`), so that one
+    warning is taken here, silenced, at import (on the importing thread) rather than
+    mid-push: `warnings.catch_warnings` around each view would race with other threads."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        torch.frombuffer(b"\0", dtype=torch.uint8)
+
+
+_take_torch_read_only_warning()

@@ -19,7 +19,11 @@ class KVSink(Protocol):
     def accept(self, slab: KVSlab) -> None:
         """Write a verified slab. KeyError: not waiting for this request.
         TransferError or ValueError: this KV cannot be taken (positions not requested,
-        layers outside the model, a layout that does not match)."""
+        layers outside the model, a layout that does not match).
+
+        NOTE: `slab.data` may view the received message's memory (no copy on the way
+        in): read it, copy it or keep it (it stays valid while referenced), never write
+        into it."""
         ...
 
     def complete(self, request_id: str, first_token_id: int) -> None:

@@ -1,8 +1,8 @@
 """The receiving side of one push: verify each chunk, feed the sink, decide the answer.
 
 Shared by the gRPC servicer and the loopback transport, so both verify identically.
-`verify` (CRC32C, shape, the copy out of the message) may run on a worker thread; the
-bookkeeping and every `KVSink` call stay on the caller's thread.
+`verify` (CRC32C and shape; the slab it makes views the message, no copy) may run on a
+worker thread; the bookkeeping and every `KVSink` call stay on the caller's thread.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def verify(chunk: WireChunk) -> KVSlab | TransferError | None:
     """Check a message's payload; the slab, the reason it failed, or None for the end
-    message. Pure and thread-safe: the CPU-heavy half of receiving (CRC32C and a copy)."""
+    message. Pure and thread-safe: the CPU-heavy half of receiving (the CRC32C)."""
     if chunk.is_end:
         return None
     try:

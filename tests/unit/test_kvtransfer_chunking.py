@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import math
+import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -208,11 +211,44 @@ def test_end_message_is_not_data() -> None:
         assemble(end)
 
 
-def test_assembled_tensor_is_writable_and_owned() -> None:
-    chunk = one_chunk()
+def test_chunk_of_borrowed_memory_assembles_into_an_owned_copy() -> None:
+    chunk = one_chunk()  # pieces view the sender's (writable) tensor
     slab = assemble(chunk)
-    slab.data.zero_()  # must not raise, nor touch the message
+    slab.data.zero_()  # must not raise, nor touch the sender's tensor
     assert assemble(chunk).data.abs().sum() > 0
+
+
+def _address(piece: object) -> int:
+    return int(np.frombuffer(piece, np.uint8).ctypes.data)  # type: ignore[call-overload]
+
+
+def test_received_message_is_viewed_not_copied() -> None:
+    sent = one_chunk(torch.bfloat16)
+    message = sent.to_bytes()  # as gRPC hands it over: immutable bytes
+    received = WireChunk.from_bytes(message)
+    (piece,) = received.payload
+    assert _address(piece) % 2 == 0  # this header leaves the bf16 payload aligned
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no torch warning about read-only memory either
+        slab = assemble(received)
+    start = _address(message)
+    assert start <= slab.data.data_ptr() < start + len(message)  # inside the message
+    assert slab.data.data_ptr() == _address(piece)
+    assert torch.equal(bits(slab.data), bits(assemble(sent).data))
+    del received, piece, message
+    gc.collect()
+    assert torch.equal(bits(slab.data), bits(assemble(sent).data))  # the view keeps it alive
+
+
+def test_misaligned_payload_is_copied_to_aligned_memory() -> None:
+    sent = one_chunk(torch.float32)
+    payload = sent.payload_bytes()
+    backing = b"x" + payload  # payload at an odd address: no float32 view of it
+    view = np.frombuffer(backing, np.uint8, offset=1)
+    assert _address(view) % 4 != 0
+    slab = assemble(WireChunk(sent.header, (view,)))
+    assert slab.data.data_ptr() % 4 == 0
+    assert torch.equal(slab.data, assemble(sent).data)
 
 
 @pytest.mark.parametrize(

@@ -300,6 +300,12 @@ class GenerationServicer:
             self._worker_failed(job, decode.worker, err)
         except StreamMismatchError as err:
             self._fail(job, decode.worker, str(err))
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if job.aborted or (current is not None and current.cancelling()):
+                raise
+            # A worker call was cancelled under us (its channel closed): a worker failure.
+            self._fail(job, decode.worker, "the worker call was cancelled")
         finally:
             if not finished:  # a Decode still waiting on the worker must not linger there
                 for open_call in job.calls:
@@ -362,7 +368,11 @@ class GenerationServicer:
                 continue
             except asyncio.CancelledError:
                 self._release(leg)  # it may have admitted before the cancel reached it
-                raise
+                current = asyncio.current_task()
+                if job.aborted or (current is not None and current.cancelling()):
+                    raise
+                self._fail(job, decode, "the Admit call was cancelled")  # its channel closed
+                continue
             finally:
                 job.calls.clear()
             self.registry.placed(decode.info.worker_id, +1)
@@ -494,10 +504,9 @@ class GenerationServicer:
                 self.registry.set_draining(worker.info.worker_id)
                 job.failed.add(worker.info.worker_id)
                 return
-            # Unreachable: stop placing there until it heartbeats (and re-registers), and
-            # reconnect afresh then (a cached channel would sit in reconnect backoff).
-            if self.registry.remove(worker.info.worker_id):
-                self._background_task(self.clients.close(worker.info.address))
+            # Unreachable: stop placing there until it heartbeats (and re-registers). The
+            # channel stays: other requests' calls on it must fail on their own terms.
+            self.registry.remove(worker.info.worker_id)
         self._fail(job, worker, f"{code.name}: {detail}")
 
     def _release(self, leg: _Leg) -> None:
@@ -508,7 +517,7 @@ class GenerationServicer:
                 await stub.Release(
                     pb.ReleaseRequest(request_id=leg.rid), timeout=_RELEASE_TIMEOUT_S
                 )
-            except grpc.aio.AioRpcError as err:
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError) as err:
                 log.debug("release of %s on %s failed: %s", leg.rid, leg.worker.info.address, err)
 
         self._background_task(release())

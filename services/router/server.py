@@ -124,7 +124,8 @@ class RouterServer:
             await asyncio.sleep(interval_s / 2)
             for record in self.registry.expire(time.monotonic()):
                 log.warning("worker expired (no heartbeat): %s", record.info.worker_id)
-                await self.clients.close(record.info.address)
+                if not record.in_flight:  # closing cancels calls still running on it
+                    await self.clients.close(record.info.address)
 
     async def stop(self, grace_s: float = 1.0) -> None:
         if self._expiry is not None:

@@ -54,28 +54,35 @@ async def _stream(
     return tokens
 
 
+Ready = Callable[[list[int], dict[str, int]], bool]
+"""(tokens received per stream, the router's in-flight count per worker) -> kill now?"""
+
+
 async def _run_and_kill(
-    address: str, cluster: LocalCluster, victim: str, ready: Callable[[list[int]], bool]
+    address: str, cluster: LocalCluster, victim: str, ready: Ready
 ) -> list[list[int]]:
-    """Stream every prompt; SIGKILL `victim` once `ready(tokens received per stream)`."""
+    """Stream every prompt; SIGKILL `victim` once `ready(...)` holds."""
     async with grpc.aio.insecure_channel(address) as channel:
         stub = gen_grpc.GenerationStub(channel)
         progress = [0] * len(PROMPTS)
         tasks = [asyncio.create_task(_stream(stub, p, progress, i)) for i, p in enumerate(PROMPTS)]
+        in_flight: dict[str, int] = {}
         for _ in range(2000):
-            if ready(progress) or all(t.done() for t in tasks):
+            status = await stub.GetClusterStatus(gen_pb.ClusterStatusRequest(), timeout=5)
+            in_flight = {w.worker_id: w.in_flight for w in status.workers}
+            if ready(progress, in_flight) or all(t.done() for t in tasks):
                 break
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.002)
         assert max(progress) < LONG.max_tokens, "too late: nothing was in flight"
-        assert ready(progress), "timed out waiting for the streams"
+        assert ready(progress, in_flight), "timed out waiting for the streams"
         cluster.kill(victim)
         return await asyncio.wait_for(asyncio.gather(*tasks), timeout=90)
 
 
 def test_prefill_worker_killed_mid_request(tmp_path: Path, reference: list[list[int]]) -> None:
     with _cluster(tmp_path, prefill=1, decode=1) as cluster:
-        # Killed as the first stream starts: the others are still being prefilled.
-        first = asyncio.run(_run_and_kill(cluster.address, cluster, "prefill-0", _any_started))
+        # Killed while the router has several Prefill calls open on it.
+        first = asyncio.run(_run_and_kill(cluster.address, cluster, "prefill-0", _prefills_running))
         assert first == reference  # their prompts were computed on the decode worker
         assert "prefill-0" in _router_log(cluster)
 
@@ -101,11 +108,12 @@ def test_decode_worker_killed_mid_stream(tmp_path: Path, reference: list[list[in
         assert time.monotonic() - started < 20
 
 
-def _any_started(progress: list[int]) -> bool:
-    return max(progress) >= 1
+def _prefills_running(progress: list[int], in_flight: dict[str, int]) -> bool:
+    """Several prompts are on the prefill worker right now (the router's own count)."""
+    return in_flight.get("prefill-0", 0) >= 2
 
 
-def _all_streaming(progress: list[int]) -> bool:
+def _all_streaming(progress: list[int], in_flight: dict[str, int]) -> bool:
     return min(progress) >= 3
 
 

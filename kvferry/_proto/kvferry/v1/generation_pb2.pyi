@@ -199,7 +199,7 @@ class ClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("worker_id", "role", "address", "kv_endpoint", "model", "load", "state", "labels", "last_heartbeat_age_s", "in_flight")
+    __slots__ = ("worker_id", "role", "address", "kv_endpoint", "model", "load", "state", "labels", "last_heartbeat_age_s", "in_flight", "topology_source", "topology_detail")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -217,6 +217,8 @@ class WorkerStatus(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_AGE_S_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_DETAIL_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     role: WorkerRole
     address: str
@@ -227,10 +229,36 @@ class WorkerStatus(_message.Message):
     labels: _containers.ScalarMap[str, str]
     last_heartbeat_age_s: float
     in_flight: int
-    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[_Union[WorkerRole, str]] = ..., address: _Optional[str] = ..., kv_endpoint: _Optional[str] = ..., model: _Optional[str] = ..., load: _Optional[_Union[WorkerLoad, _Mapping]] = ..., state: _Optional[_Union[WorkerState, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., last_heartbeat_age_s: _Optional[float] = ..., in_flight: _Optional[int] = ...) -> None: ...
+    topology_source: str
+    topology_detail: str
+    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[_Union[WorkerRole, str]] = ..., address: _Optional[str] = ..., kv_endpoint: _Optional[str] = ..., model: _Optional[str] = ..., load: _Optional[_Union[WorkerLoad, _Mapping]] = ..., state: _Optional[_Union[WorkerState, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., last_heartbeat_age_s: _Optional[float] = ..., in_flight: _Optional[int] = ..., topology_source: _Optional[str] = ..., topology_detail: _Optional[str] = ...) -> None: ...
+
+class LatencySummary(_message.Message):
+    __slots__ = ("window_s", "num_requests", "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms", "num_errors")
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    NUM_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    TTFT_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    TTFT_P90_MS_FIELD_NUMBER: _ClassVar[int]
+    TTFT_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    TPOT_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    TPOT_P90_MS_FIELD_NUMBER: _ClassVar[int]
+    TPOT_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    NUM_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    window_s: float
+    num_requests: int
+    ttft_p50_ms: float
+    ttft_p90_ms: float
+    ttft_p99_ms: float
+    tpot_p50_ms: float
+    tpot_p90_ms: float
+    tpot_p99_ms: float
+    num_errors: int
+    def __init__(self, window_s: _Optional[float] = ..., num_requests: _Optional[int] = ..., ttft_p50_ms: _Optional[float] = ..., ttft_p90_ms: _Optional[float] = ..., ttft_p99_ms: _Optional[float] = ..., tpot_p50_ms: _Optional[float] = ..., tpot_p90_ms: _Optional[float] = ..., tpot_p99_ms: _Optional[float] = ..., num_errors: _Optional[int] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
-    __slots__ = ("workers",)
+    __slots__ = ("workers", "latency")
     WORKERS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_FIELD_NUMBER: _ClassVar[int]
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
-    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ...) -> None: ...
+    latency: LatencySummary
+    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ...) -> None: ...

@@ -26,7 +26,7 @@ from kvferry._proto.kvferry.v1 import generation_pb2 as kvferry_dot_v1_dot_gener
 from kvferry._proto.kvferry.v1 import kvtransfer_pb2 as kvferry_dot_v1_dot_kvtransfer__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17kvferry/v1/worker.proto\x12\nkvferry.v1\x1a\x1bkvferry/v1/generation.proto\x1a\x1bkvferry/v1/kvtransfer.proto\"\xa1\x01\n\x0c\x41\x64mitRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x18\n\x10output_token_ids\x18\x03 \x03(\r\x12-\n\x08sampling\x18\x04 \x01(\x0b\x32\x1b.kvferry.v1.SamplingOptions\x12\x1a\n\x12kv_wait_timeout_ms\x18\x05 \x01(\r\"\x88\x01\n\rAdmitResponse\x12\x1e\n\x16needed_block_positions\x18\x01 \x03(\r\x12\x19\n\x11num_cached_tokens\x18\x02 \x01(\r\x12\x13\n\x0bkv_endpoint\x18\x03 \x01(\t\x12\'\n\tkv_layout\x18\x04 \x01(\x0b\x32\x14.kvferry.v1.KVLayout\"m\n\rKVDestination\x12\x13\n\x0bkv_endpoint\x18\x01 \x01(\t\x12\x1e\n\x16needed_block_positions\x18\x02 \x03(\r\x12\'\n\tkv_layout\x18\x03 \x01(\x0b\x32\x14.kvferry.v1.KVLayout\"\xb8\x01\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12-\n\x08sampling\x18\x03 \x01(\x0b\x32\x1b.kvferry.v1.SamplingOptions\x12.\n\x0b\x64\x65stination\x18\x04 \x01(\x0b\x32\x19.kvferry.v1.KVDestination\x12\x19\n\x11num_output_tokens\x18\x05 \x01(\r\"\x86\x02\n\x0fPrefillResponse\x12\x16\n\x0e\x66irst_token_id\x18\x01 \x01(\r\x12/\n\rfirst_logprob\x18\x02 \x01(\x0b\x32\x18.kvferry.v1.TokenLogprob\x12\x19\n\x11num_prompt_tokens\x18\x03 \x01(\r\x12\x1b\n\x13num_computed_tokens\x18\x04 \x01(\r\x12\x19\n\x11num_cached_tokens\x18\x05 \x01(\r\x12\x15\n\rkv_bytes_sent\x18\x06 \x01(\x04\x12\x16\n\x0ekv_chunks_sent\x18\x07 \x01(\r\x12\x15\n\rkv_transfer_s\x18\x08 \x01(\x01\x12\x11\n\tprefill_s\x18\t \x01(\x01\";\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ompute_prompt\x18\x02 \x01(\x08\"$\n\x0eReleaseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"-\n\x12WorkerStatsRequest\x12\x17\n\x0fsince_event_seq\x18\x01 \x01(\x04\"#\n\x0b\x42lockStored\x12\x14\n\x0c\x62lock_hashes\x18\x01 \x03(\x04\"$\n\x0c\x42lockRemoved\x12\x14\n\x0c\x62lock_hashes\x18\x01 \x03(\x04\"\x12\n\x10\x41llBlocksCleared\"\xad\x01\n\x0cKVCacheEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12)\n\x06stored\x18\x02 \x01(\x0b\x32\x17.kvferry.v1.BlockStoredH\x00\x12+\n\x07removed\x18\x03 \x01(\x0b\x32\x18.kvferry.v1.BlockRemovedH\x00\x12/\n\x07\x63leared\x18\x04 \x01(\x0b\x32\x1c.kvferry.v1.AllBlocksClearedH\x00\x42\x07\n\x05\x65vent\"\xd8\x01\n\x0bWorkerStats\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12$\n\x04load\x18\x02 \x01(\x0b\x32\x16.kvferry.v1.WorkerLoad\x12(\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x18.kvferry.v1.KVCacheEvent\x12\x16\n\x0elast_event_seq\x18\x04 \x01(\x04\x12\x18\n\x10\x65vents_truncated\x18\x05 \x01(\x08\x12\x34\n\x10recent_transfers\x18\x06 \x03(\x0b\x32\x1a.kvferry.v1.TransferRecord\"\x0e\n\x0c\x44rainRequest\"+\n\rDrainResponse\x12\x1a\n\x12in_flight_requests\x18\x01 \x01(\r\"\x7f\n\x0eWorkerCapacity\x12\x17\n\x0ftotal_kv_blocks\x18\x01 \x01(\r\x12\x14\n\x0cmax_num_seqs\x18\x02 \x01(\r\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\x12\'\n\tkv_layout\x18\x04 \x01(\x0b\x32\x14.kvferry.v1.KVLayout\"\xd6\x02\n\x0fRegisterRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.kvferry.v1.WorkerRole\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x13\n\x0bkv_endpoint\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x37\n\x06labels\x18\x06 \x03(\x0b\x32\'.kvferry.v1.RegisterRequest.LabelsEntry\x12,\n\x08\x63\x61pacity\x18\x07 \x01(\x0b\x32\x1a.kvferry.v1.WorkerCapacity\x12\x19\n\x11\x62lock_hash_scheme\x18\x08 \x01(\r\x12$\n\x04load\x18\t \x01(\x0b\x32\x16.kvferry.v1.WorkerLoad\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"1\n\x10RegisterResponse\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\r\"]\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12$\n\x04load\x18\x02 \x01(\x0b\x32\x16.kvferry.v1.WorkerLoad\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\"*\n\x11HeartbeatResponse\x12\x15\n\rmust_register\x18\x01 \x01(\x08\x32\x96\x03\n\x06Worker\x12<\n\x05\x41\x64mit\x12\x18.kvferry.v1.AdmitRequest\x1a\x19.kvferry.v1.AdmitResponse\x12\x42\n\x07Prefill\x12\x1a.kvferry.v1.PrefillRequest\x1a\x1b.kvferry.v1.PrefillResponse\x12\x43\n\x06\x44\x65\x63ode\x12\x19.kvferry.v1.DecodeRequest\x1a\x1c.kvferry.v1.GenerateResponse0\x01\x12\x42\n\x07Release\x12\x1a.kvferry.v1.ReleaseRequest\x1a\x1b.kvferry.v1.ReleaseResponse\x12\x43\n\x08GetStats\x12\x1e.kvferry.v1.WorkerStatsRequest\x1a\x17.kvferry.v1.WorkerStats\x12<\n\x05\x44rain\x12\x18.kvferry.v1.DrainRequest\x1a\x19.kvferry.v1.DrainResponse2\x9b\x01\n\x08Registry\x12\x45\n\x08Register\x12\x1b.kvferry.v1.RegisterRequest\x1a\x1c.kvferry.v1.RegisterResponse\x12H\n\tHeartbeat\x12\x1c.kvferry.v1.HeartbeatRequest\x1a\x1d.kvferry.v1.HeartbeatResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17kvferry/v1/worker.proto\x12\nkvferry.v1\x1a\x1bkvferry/v1/generation.proto\x1a\x1bkvferry/v1/kvtransfer.proto\"\xa1\x01\n\x0c\x41\x64mitRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x18\n\x10output_token_ids\x18\x03 \x03(\r\x12-\n\x08sampling\x18\x04 \x01(\x0b\x32\x1b.kvferry.v1.SamplingOptions\x12\x1a\n\x12kv_wait_timeout_ms\x18\x05 \x01(\r\"\x88\x01\n\rAdmitResponse\x12\x1e\n\x16needed_block_positions\x18\x01 \x03(\r\x12\x19\n\x11num_cached_tokens\x18\x02 \x01(\r\x12\x13\n\x0bkv_endpoint\x18\x03 \x01(\t\x12\'\n\tkv_layout\x18\x04 \x01(\x0b\x32\x14.kvferry.v1.KVLayout\"m\n\rKVDestination\x12\x13\n\x0bkv_endpoint\x18\x01 \x01(\t\x12\x1e\n\x16needed_block_positions\x18\x02 \x03(\r\x12\'\n\tkv_layout\x18\x03 \x01(\x0b\x32\x14.kvferry.v1.KVLayout\"\xb8\x01\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12-\n\x08sampling\x18\x03 \x01(\x0b\x32\x1b.kvferry.v1.SamplingOptions\x12.\n\x0b\x64\x65stination\x18\x04 \x01(\x0b\x32\x19.kvferry.v1.KVDestination\x12\x19\n\x11num_output_tokens\x18\x05 \x01(\r\"\x86\x02\n\x0fPrefillResponse\x12\x16\n\x0e\x66irst_token_id\x18\x01 \x01(\r\x12/\n\rfirst_logprob\x18\x02 \x01(\x0b\x32\x18.kvferry.v1.TokenLogprob\x12\x19\n\x11num_prompt_tokens\x18\x03 \x01(\r\x12\x1b\n\x13num_computed_tokens\x18\x04 \x01(\r\x12\x19\n\x11num_cached_tokens\x18\x05 \x01(\r\x12\x15\n\rkv_bytes_sent\x18\x06 \x01(\x04\x12\x16\n\x0ekv_chunks_sent\x18\x07 \x01(\r\x12\x15\n\rkv_transfer_s\x18\x08 \x01(\x01\x12\x11\n\tprefill_s\x18\t \x01(\x01\";\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ompute_prompt\x18\x02 \x01(\x08\"$\n\x0eReleaseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"G\n\x12WorkerStatsRequest\x12\x17\n\x0fsince_event_seq\x18\x01 \x01(\x04\x12\x18\n\x10include_snapshot\x18\x02 \x01(\x08\"#\n\x0b\x42lockStored\x12\x14\n\x0c\x62lock_hashes\x18\x01 \x03(\x04\"$\n\x0c\x42lockRemoved\x12\x14\n\x0c\x62lock_hashes\x18\x01 \x03(\x04\"\x12\n\x10\x41llBlocksCleared\"\xad\x01\n\x0cKVCacheEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12)\n\x06stored\x18\x02 \x01(\x0b\x32\x17.kvferry.v1.BlockStoredH\x00\x12+\n\x07removed\x18\x03 \x01(\x0b\x32\x18.kvferry.v1.BlockRemovedH\x00\x12/\n\x07\x63leared\x18\x04 \x01(\x0b\x32\x1c.kvferry.v1.AllBlocksClearedH\x00\x42\x07\n\x05\x65vent\"\xa0\x02\n\x0bWorkerStats\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12$\n\x04load\x18\x02 \x01(\x0b\x32\x16.kvferry.v1.WorkerLoad\x12(\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x18.kvferry.v1.KVCacheEvent\x12\x16\n\x0elast_event_seq\x18\x04 \x01(\x04\x12\x18\n\x10\x65vents_truncated\x18\x05 \x01(\x08\x12\x34\n\x10recent_transfers\x18\x06 \x03(\x0b\x32\x1a.kvferry.v1.TransferRecord\x12\x1b\n\x13\x63\x61\x63hed_block_hashes\x18\x07 \x03(\x04\x12\x14\n\x0chas_snapshot\x18\x08 \x01(\x08\x12\x13\n\x0bincarnation\x18\t \x01(\x04\"\x0e\n\x0c\x44rainRequest\"+\n\rDrainResponse\x12\x1a\n\x12in_flight_requests\x18\x01 \x01(\r\"\x7f\n\x0eWorkerCapacity\x12\x17\n\x0ftotal_kv_blocks\x18\x01 \x01(\r\x12\x14\n\x0cmax_num_seqs\x18\x02 \x01(\r\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\x12\'\n\tkv_layout\x18\x04 \x01(\x0b\x32\x14.kvferry.v1.KVLayout\"\x9d\x03\n\x0fRegisterRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.kvferry.v1.WorkerRole\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x13\n\x0bkv_endpoint\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x37\n\x06labels\x18\x06 \x03(\x0b\x32\'.kvferry.v1.RegisterRequest.LabelsEntry\x12,\n\x08\x63\x61pacity\x18\x07 \x01(\x0b\x32\x1a.kvferry.v1.WorkerCapacity\x12\x19\n\x11\x62lock_hash_scheme\x18\x08 \x01(\r\x12$\n\x04load\x18\t \x01(\x0b\x32\x16.kvferry.v1.WorkerLoad\x12\x17\n\x0ftopology_source\x18\n \x01(\t\x12\x17\n\x0ftopology_detail\x18\x0b \x01(\t\x12\x13\n\x0bincarnation\x18\x0c \x01(\x04\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"1\n\x10RegisterResponse\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\r\"]\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12$\n\x04load\x18\x02 \x01(\x0b\x32\x16.kvferry.v1.WorkerLoad\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\"*\n\x11HeartbeatResponse\x12\x15\n\rmust_register\x18\x01 \x01(\x08\x32\x96\x03\n\x06Worker\x12<\n\x05\x41\x64mit\x12\x18.kvferry.v1.AdmitRequest\x1a\x19.kvferry.v1.AdmitResponse\x12\x42\n\x07Prefill\x12\x1a.kvferry.v1.PrefillRequest\x1a\x1b.kvferry.v1.PrefillResponse\x12\x43\n\x06\x44\x65\x63ode\x12\x19.kvferry.v1.DecodeRequest\x1a\x1c.kvferry.v1.GenerateResponse0\x01\x12\x42\n\x07Release\x12\x1a.kvferry.v1.ReleaseRequest\x1a\x1b.kvferry.v1.ReleaseResponse\x12\x43\n\x08GetStats\x12\x1e.kvferry.v1.WorkerStatsRequest\x1a\x17.kvferry.v1.WorkerStats\x12<\n\x05\x44rain\x12\x18.kvferry.v1.DrainRequest\x1a\x19.kvferry.v1.DrainResponse2\x9b\x01\n\x08Registry\x12\x45\n\x08Register\x12\x1b.kvferry.v1.RegisterRequest\x1a\x1c.kvferry.v1.RegisterResponse\x12H\n\tHeartbeat\x12\x1c.kvferry.v1.HeartbeatRequest\x1a\x1d.kvferry.v1.HeartbeatResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,35 +52,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELEASERESPONSE']._serialized_start=1062
   _globals['_RELEASERESPONSE']._serialized_end=1097
   _globals['_WORKERSTATSREQUEST']._serialized_start=1099
-  _globals['_WORKERSTATSREQUEST']._serialized_end=1144
-  _globals['_BLOCKSTORED']._serialized_start=1146
-  _globals['_BLOCKSTORED']._serialized_end=1181
-  _globals['_BLOCKREMOVED']._serialized_start=1183
-  _globals['_BLOCKREMOVED']._serialized_end=1219
-  _globals['_ALLBLOCKSCLEARED']._serialized_start=1221
-  _globals['_ALLBLOCKSCLEARED']._serialized_end=1239
-  _globals['_KVCACHEEVENT']._serialized_start=1242
-  _globals['_KVCACHEEVENT']._serialized_end=1415
-  _globals['_WORKERSTATS']._serialized_start=1418
-  _globals['_WORKERSTATS']._serialized_end=1634
-  _globals['_DRAINREQUEST']._serialized_start=1636
-  _globals['_DRAINREQUEST']._serialized_end=1650
-  _globals['_DRAINRESPONSE']._serialized_start=1652
-  _globals['_DRAINRESPONSE']._serialized_end=1695
-  _globals['_WORKERCAPACITY']._serialized_start=1697
-  _globals['_WORKERCAPACITY']._serialized_end=1824
-  _globals['_REGISTERREQUEST']._serialized_start=1827
-  _globals['_REGISTERREQUEST']._serialized_end=2169
-  _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_start=2124
-  _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_end=2169
-  _globals['_REGISTERRESPONSE']._serialized_start=2171
-  _globals['_REGISTERRESPONSE']._serialized_end=2220
-  _globals['_HEARTBEATREQUEST']._serialized_start=2222
-  _globals['_HEARTBEATREQUEST']._serialized_end=2315
-  _globals['_HEARTBEATRESPONSE']._serialized_start=2317
-  _globals['_HEARTBEATRESPONSE']._serialized_end=2359
-  _globals['_WORKER']._serialized_start=2362
-  _globals['_WORKER']._serialized_end=2768
-  _globals['_REGISTRY']._serialized_start=2771
-  _globals['_REGISTRY']._serialized_end=2926
+  _globals['_WORKERSTATSREQUEST']._serialized_end=1170
+  _globals['_BLOCKSTORED']._serialized_start=1172
+  _globals['_BLOCKSTORED']._serialized_end=1207
+  _globals['_BLOCKREMOVED']._serialized_start=1209
+  _globals['_BLOCKREMOVED']._serialized_end=1245
+  _globals['_ALLBLOCKSCLEARED']._serialized_start=1247
+  _globals['_ALLBLOCKSCLEARED']._serialized_end=1265
+  _globals['_KVCACHEEVENT']._serialized_start=1268
+  _globals['_KVCACHEEVENT']._serialized_end=1441
+  _globals['_WORKERSTATS']._serialized_start=1444
+  _globals['_WORKERSTATS']._serialized_end=1732
+  _globals['_DRAINREQUEST']._serialized_start=1734
+  _globals['_DRAINREQUEST']._serialized_end=1748
+  _globals['_DRAINRESPONSE']._serialized_start=1750
+  _globals['_DRAINRESPONSE']._serialized_end=1793
+  _globals['_WORKERCAPACITY']._serialized_start=1795
+  _globals['_WORKERCAPACITY']._serialized_end=1922
+  _globals['_REGISTERREQUEST']._serialized_start=1925
+  _globals['_REGISTERREQUEST']._serialized_end=2338
+  _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_start=2293
+  _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_end=2338
+  _globals['_REGISTERRESPONSE']._serialized_start=2340
+  _globals['_REGISTERRESPONSE']._serialized_end=2389
+  _globals['_HEARTBEATREQUEST']._serialized_start=2391
+  _globals['_HEARTBEATREQUEST']._serialized_end=2484
+  _globals['_HEARTBEATRESPONSE']._serialized_start=2486
+  _globals['_HEARTBEATRESPONSE']._serialized_end=2528
+  _globals['_WORKER']._serialized_start=2531
+  _globals['_WORKER']._serialized_end=2937
+  _globals['_REGISTRY']._serialized_start=2940
+  _globals['_REGISTRY']._serialized_end=3095
 # @@protoc_insertion_point(module_scope)

@@ -101,10 +101,12 @@ class ReleaseResponse(_message.Message):
     def __init__(self, released: _Optional[bool] = ...) -> None: ...
 
 class WorkerStatsRequest(_message.Message):
-    __slots__ = ("since_event_seq",)
+    __slots__ = ("since_event_seq", "include_snapshot")
     SINCE_EVENT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     since_event_seq: int
-    def __init__(self, since_event_seq: _Optional[int] = ...) -> None: ...
+    include_snapshot: bool
+    def __init__(self, since_event_seq: _Optional[int] = ..., include_snapshot: _Optional[bool] = ...) -> None: ...
 
 class BlockStored(_message.Message):
     __slots__ = ("block_hashes",)
@@ -135,20 +137,26 @@ class KVCacheEvent(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., stored: _Optional[_Union[BlockStored, _Mapping]] = ..., removed: _Optional[_Union[BlockRemoved, _Mapping]] = ..., cleared: _Optional[_Union[AllBlocksCleared, _Mapping]] = ...) -> None: ...
 
 class WorkerStats(_message.Message):
-    __slots__ = ("worker_id", "load", "events", "last_event_seq", "events_truncated", "recent_transfers")
+    __slots__ = ("worker_id", "load", "events", "last_event_seq", "events_truncated", "recent_transfers", "cached_block_hashes", "has_snapshot", "incarnation")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     LAST_EVENT_SEQ_FIELD_NUMBER: _ClassVar[int]
     EVENTS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     RECENT_TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_BLOCK_HASHES_FIELD_NUMBER: _ClassVar[int]
+    HAS_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     load: _generation_pb2.WorkerLoad
     events: _containers.RepeatedCompositeFieldContainer[KVCacheEvent]
     last_event_seq: int
     events_truncated: bool
     recent_transfers: _containers.RepeatedCompositeFieldContainer[_kvtransfer_pb2.TransferRecord]
-    def __init__(self, worker_id: _Optional[str] = ..., load: _Optional[_Union[_generation_pb2.WorkerLoad, _Mapping]] = ..., events: _Optional[_Iterable[_Union[KVCacheEvent, _Mapping]]] = ..., last_event_seq: _Optional[int] = ..., events_truncated: _Optional[bool] = ..., recent_transfers: _Optional[_Iterable[_Union[_kvtransfer_pb2.TransferRecord, _Mapping]]] = ...) -> None: ...
+    cached_block_hashes: _containers.RepeatedScalarFieldContainer[int]
+    has_snapshot: bool
+    incarnation: int
+    def __init__(self, worker_id: _Optional[str] = ..., load: _Optional[_Union[_generation_pb2.WorkerLoad, _Mapping]] = ..., events: _Optional[_Iterable[_Union[KVCacheEvent, _Mapping]]] = ..., last_event_seq: _Optional[int] = ..., events_truncated: _Optional[bool] = ..., recent_transfers: _Optional[_Iterable[_Union[_kvtransfer_pb2.TransferRecord, _Mapping]]] = ..., cached_block_hashes: _Optional[_Iterable[int]] = ..., has_snapshot: _Optional[bool] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class DrainRequest(_message.Message):
     __slots__ = ()
@@ -173,7 +181,7 @@ class WorkerCapacity(_message.Message):
     def __init__(self, total_kv_blocks: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., max_model_len: _Optional[int] = ..., kv_layout: _Optional[_Union[_kvtransfer_pb2.KVLayout, _Mapping]] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("worker_id", "role", "address", "kv_endpoint", "model", "labels", "capacity", "block_hash_scheme", "load")
+    __slots__ = ("worker_id", "role", "address", "kv_endpoint", "model", "labels", "capacity", "block_hash_scheme", "load", "topology_source", "topology_detail", "incarnation")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +198,9 @@ class RegisterRequest(_message.Message):
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     BLOCK_HASH_SCHEME_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     role: _generation_pb2.WorkerRole
     address: str
@@ -199,7 +210,10 @@ class RegisterRequest(_message.Message):
     capacity: WorkerCapacity
     block_hash_scheme: int
     load: _generation_pb2.WorkerLoad
-    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[_Union[_generation_pb2.WorkerRole, str]] = ..., address: _Optional[str] = ..., kv_endpoint: _Optional[str] = ..., model: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capacity: _Optional[_Union[WorkerCapacity, _Mapping]] = ..., block_hash_scheme: _Optional[int] = ..., load: _Optional[_Union[_generation_pb2.WorkerLoad, _Mapping]] = ...) -> None: ...
+    topology_source: str
+    topology_detail: str
+    incarnation: int
+    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[_Union[_generation_pb2.WorkerRole, str]] = ..., address: _Optional[str] = ..., kv_endpoint: _Optional[str] = ..., model: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capacity: _Optional[_Union[WorkerCapacity, _Mapping]] = ..., block_hash_scheme: _Optional[int] = ..., load: _Optional[_Union[_generation_pb2.WorkerLoad, _Mapping]] = ..., topology_source: _Optional[str] = ..., topology_detail: _Optional[str] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("heartbeat_interval_ms",)

@@ -287,6 +287,7 @@ def _status(args: argparse.Namespace) -> int:
             f"model {model.name}: max_model_len={model.max_model_len}"
             f" prefill_workers={model.prefill_workers} decode_workers={model.decode_workers}"
         )
+    print(_latency_line(status.latency))
     print(
         f"{'WORKER':<16} {'ROLE':<8} {'STATE':<9} {'ADDRESS':<22} {'WAIT':>4} {'RUN':>4}"
         f" {'INFLT':>5} {'KV FREE/TOTAL':>13} {'HB AGE':>7}  LABELS"
@@ -304,6 +305,19 @@ def _status(args: argparse.Namespace) -> int:
     if not status.workers:
         print("(no workers registered)")
     return 0
+
+
+def _latency_line(lat: Any) -> str:
+    head = (
+        f"latency (last {lat.window_s:.0f} s): {lat.num_requests} finished, {lat.num_errors} failed"
+    )
+    if not lat.num_requests:
+        return head
+    return (
+        f"{head}; TTFT p50/p90/p99 {lat.ttft_p50_ms:.0f}/{lat.ttft_p90_ms:.0f}/"
+        f"{lat.ttft_p99_ms:.0f} ms; TPOT p50/p90/p99 {lat.tpot_p50_ms:.1f}/"
+        f"{lat.tpot_p90_ms:.1f}/{lat.tpot_p99_ms:.1f} ms"
+    )
 
 
 def _worker(args: argparse.Namespace) -> int:

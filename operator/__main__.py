@@ -12,7 +12,7 @@ import kopf
 
 from kvferry.operator.apply import KubeApi
 from kvferry.operator.handlers import register
-from kvferry.operator.metrics import RouterStatusSource
+from kvferry.operator.metrics import RouterMetricsSource
 from kvferry.operator.settings import OperatorConfig
 
 
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config = OperatorConfig.from_env()
     registry = kopf.get_default_registry()  # with kopf's login fallbacks (kubeconfig, SA)
-    register(registry, config, KubeApi.from_environment, RouterStatusSource())
+    register(registry, config, KubeApi.from_environment, RouterMetricsSource())
     kopf.run(
         registry=registry,
         clusterwide=not args.namespace,

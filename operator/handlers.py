@@ -22,6 +22,7 @@ from typing import Any
 
 import kopf
 
+from kvferry import topology
 from kvferry.operator.apply import KubeApi, RejectedError, TransientApiError, apply_all, is_subset
 from kvferry.operator.conditions import (
     Replicas,
@@ -37,7 +38,7 @@ from kvferry.operator.crd.workerpool import WorkerPoolSpec
 from kvferry.operator.desired import naming
 from kvferry.operator.desired.naming import ClusterRef
 from kvferry.operator.desired.objects import Observed, ObservedPool, clamp, desired
-from kvferry.operator.metrics import MetricsSource
+from kvferry.operator.metrics import ClusterSample, MetricsSource
 from kvferry.operator.planner import PoolBounds, PoolHistory, PoolObservation, plan
 from kvferry.operator.settings import OperatorConfig
 
@@ -184,13 +185,21 @@ def register(
             parsed = parse(InferenceClusterSpec, dict(spec), "spec")
         except SpecError:
             return  # reported by reconcile_cluster
+        sample = await metrics.sample(c, parsed)
         try:
-            await _autoscale(api, c, parsed, memo, metrics, config)
+            if sample is not None:
+                await _autoscale(api, c, parsed, memo, sample, config)
             new = await _cluster_status(api, c, list(status.get("conditions") or []))
             for role in Role:
                 await _pool_status(api, c.namespace, naming.pool_name(c, role))
         except TransientApiError as exc:
             raise kopf.TemporaryError(str(exc), delay=config.retry_delay_s) from exc
+        if sample is not None and (sample.ttft_ms is not None or sample.tpot_ms is not None):
+            new["observed"] = {
+                "ttftMs": sample.ttft_ms,
+                "tpotMs": sample.tpot_ms,
+                "sampledAt": _now(),
+            }
         _set_status(patch, status, new)
 
     @kopf.on.resume(*wp, registry=registry)
@@ -229,10 +238,18 @@ def register(
         if not node_name or not keys or TOPOLOGY_ANNOTATION in annotations:
             return
         try:
+            levels = json.loads(keys)
+            if not isinstance(levels, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:  # edited by hand; the pod template always writes JSON
+            log.warning(
+                "pod on %s: bad %s annotation (%s)", node_name, TOPOLOGY_KEYS_ANNOTATION, exc
+            )
+            return
+        try:
             node = await api.get("v1", "Node", None, node_name)
             labels = (node or {}).get("metadata", {}).get("labels") or {}
-            topology = topology_of(node_name, labels, keys.split(","))
-            value = json.dumps(topology, sort_keys=True)
+            value = json.dumps(topology_of(node_name, labels, levels), sort_keys=True)
             meta = body["metadata"]
             await api.merge_patch(
                 "v1", "Pod", meta["namespace"], meta["name"],
@@ -242,10 +259,13 @@ def register(
             raise kopf.TemporaryError(str(exc), delay=config.retry_delay_s) from exc
 
 
-def topology_of(node_name: str, node_labels: dict[str, str], keys: list[str]) -> dict[str, str]:
-    """The pod's topology: its node, plus each configured label the node has."""
-    found = {k: node_labels[k] for k in keys if k in node_labels}
-    return {"node": node_name, **found}
+def topology_of(
+    node_name: str, node_labels: dict[str, str], keys: dict[str, str]
+) -> dict[str, str]:
+    """The pod's topology in canonical levels (`kvferry.topology`): its node, plus each
+    level whose configured label the node has."""
+    found = {level: node_labels[key] for level, key in keys.items() if node_labels.get(key)}
+    return {topology.NODE: node_name, **found}
 
 
 async def _pool_status(api: KubeApi, namespace: str, name: str) -> None:
@@ -272,13 +292,10 @@ async def _autoscale(
     c: ClusterRef,
     spec: InferenceClusterSpec,
     memo: kopf.Memo,
-    metrics: MetricsSource,
+    sample: ClusterSample,
     config: OperatorConfig,
 ) -> None:
     if not (spec.prefill.autoscale or spec.decode.autoscale):
-        return
-    sample = await metrics.sample(c, spec)
-    if sample is None:
         return
     histories: dict[Role, PoolHistory] = memo.setdefault("planner", {})
     clock: Callable[[], float] = memo.get("clock") or _monotonic

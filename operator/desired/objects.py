@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvferry import topology
 from kvferry.operator.crd.spec import API_VERSION, InferenceClusterSpec, PoolSpec, Role
 from kvferry.operator.desired import naming, pods
 from kvferry.operator.desired.naming import ClusterRef
@@ -62,15 +63,19 @@ def engine_config(spec: InferenceClusterSpec) -> dict[str, str]:
         "KVFERRY_GPU_MEMORY_UTILIZATION": e.gpu_memory_utilization,
         "KVFERRY_KV_MAX_CHUNK_BYTES": spec.kv_transfer.max_chunk_bytes,
         "KVFERRY_KV_COMPRESSION": spec.kv_transfer.compression.value,
-        "KVFERRY_TOPOLOGY_LABELS": ",".join(
-            (
-                spec.topology.nvlink_domain_label,
-                spec.topology.rack_label,
-                spec.topology.zone_label,
-            )
-        ),
+        "KVFERRY_TOPOLOGY_LABELS": json.dumps(topology_keys(spec), sort_keys=True),
     }
     return {k: str(v) for k, v in values.items() if v is not None}
+
+
+def topology_keys(spec: InferenceClusterSpec) -> dict[str, str]:
+    """Canonical topology level (`kvferry.topology`) -> the node label key that holds it."""
+    t = spec.topology
+    return {
+        topology.NVLINK_DOMAIN: t.nvlink_domain_label,
+        topology.RACK: t.rack_label,
+        topology.ZONE: t.zone_label,
+    }
 
 
 def config_hash(data: Mapping[str, str]) -> str:

@@ -64,7 +64,6 @@ def _env() -> list[dict[str, Any]]:
         field("POD_NAMESPACE", "metadata.namespace"),
         field("POD_IP", "status.podIP"),
         field("NODE_NAME", "spec.nodeName"),
-        {"name": "KVFERRY_PODINFO_DIR", "value": PODINFO_MOUNT},
         {"name": "HOME", "value": "/tmp"},
     ]
 
@@ -90,6 +89,7 @@ def router_pod(c: ClusterRef, spec: InferenceClusterSpec, image: str) -> dict[st
         "--host=0.0.0.0",
         f"--port={ports.grpc}",
         f"--registry-port={ports.registry}",
+        f"--metrics-port={ports.metrics}",
         f"--model={model_arg(spec)}",
     ]
     volumes, mounts = _base_volumes(spec)
@@ -162,6 +162,7 @@ def worker_pod(
         "--worker-id=$(POD_NAME)",
         f"--router={registry}",
         f"--model={model_arg(spec)}",
+        f"--podinfo-dir={PODINFO_MOUNT}",
     ]
     args += [f"{flag}=$({key})" for key, flag in ENGINE_FLAGS.items() if key in config]
     volumes, mounts = _base_volumes(spec)

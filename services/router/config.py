@@ -47,6 +47,12 @@ class RouterConfig:
     """File holding a bearer token that Generate/Abort/ListModels/GetClusterStatus require."""
     reflection: bool = True
     """Serve gRPC server reflection (grpcurl, Postman) on the client port."""
+    metrics_port: int = -1
+    """Serve Prometheus metrics over HTTP at /metrics on this port (0: any free port);
+    -1: off."""
+    latency_window_s: float = 60.0
+    """Window of finished requests behind the TTFT/TPOT percentiles in GetClusterStatus
+    (what `kvferry status` and the operator's planner read)."""
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -60,7 +66,10 @@ class RouterConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.short_prompt_tokens < 0:
             raise ValueError(f"short_prompt_tokens must be >= 0, got {self.short_prompt_tokens}")
+        if not -1 <= self.metrics_port < 65536:
+            raise ValueError(f"metrics_port must be -1 or in [0, 65535], got {self.metrics_port}")
         for name in (
+            "latency_window_s",
             "queue_timeout_s",
             "request_timeout_s",
             "admit_timeout_s",

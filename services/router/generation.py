@@ -36,6 +36,8 @@ from kvferry.tokenizer import Tokenizer
 from kvferry.wire import sampling_from_proto
 
 from .config import RouterConfig
+from .latency import LatencySummary
+from .metrics import RouterMetrics
 from .output_cursor import OutputCursor, StreamMismatchError
 from .placement import NoEligibleWorkersError, PlacementPolicy, PlacementRequest
 from .registry import Registry
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "kvferry.v1.Generation"
 _RELEASE_TIMEOUT_S = 2.0
 _CLIENT_ERRORS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE)
+_CLIENT_ERROR_NAMES = {code.name for code in _CLIENT_ERRORS}
 
 
 class RouterError(Exception):
@@ -137,6 +140,9 @@ class GenerationServicer:
         self.clock = clock
         self._running: dict[str, _Job] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self.metrics = RouterMetrics(
+            registry, lambda: len(self._running), window_s=config.latency_window_s, clock=clock
+        )
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         def unary(fn: Callable[..., object], req: type) -> grpc.RpcMethodHandler:
@@ -172,18 +178,44 @@ class GenerationServicer:
     ) -> AsyncIterator[gen_pb.GenerateResponse]:
         try:
             job = self._job(request, context)
-        except RouterError as err:
+        except RouterError as err:  # refused before it started
+            self.metrics.ended(
+                self.clock(), err.code.name.lower(), error=err.code.name not in _CLIENT_ERROR_NAMES
+            )
             await context.abort(err.code, err.detail)
             return
         self._running[job.request_id] = job
+        outcome = "cancelled"  # unless it finishes or fails below
         try:
             async for message in self._serve(job):
+                if message.finish_reason:
+                    outcome = self._observe_end(job, message.finish_reason)
                 yield message
         except RouterError as err:
+            outcome = err.code.name
             log.info("request failed: %s %s", err.code.name, err.detail)
             await context.abort(err.code, err.detail)
         finally:
             self._running.pop(job.request_id, None)
+            if outcome not in ("finished", "aborted"):
+                self.metrics.ended(
+                    self.clock(),
+                    outcome.lower(),
+                    error=outcome != "cancelled" and outcome not in _CLIENT_ERROR_NAMES,
+                    num_tokens=len(job.cursor.sent),
+                )
+
+    def _observe_end(self, job: _Job, reason: int) -> str:
+        """Record a request that ended with a finish reason; returns its outcome."""
+        now, sent = self.clock(), len(job.cursor.sent)
+        if reason == gen_pb.FINISH_REASON_ABORT:
+            self.metrics.ended(now, "aborted", error=False, num_tokens=sent)
+            return "aborted"
+        first = job.first_token_at
+        ttft = None if first is None else first - job.started
+        tpot = None if first is None or sent < 2 else (now - first) / (sent - 1)
+        self.metrics.finished(now, ttft, tpot, sent)
+        return "finished"
 
     def _job(
         self,
@@ -561,7 +593,8 @@ class GenerationServicer:
     ) -> gen_pb.ClusterStatus:
         now = self.clock()
         return gen_pb.ClusterStatus(
-            workers=[_worker_status(r, now) for r in self.registry.records()]
+            workers=[_worker_status(r, now) for r in self.registry.records()],
+            latency=_latency_proto(self.metrics.summary(now)),
         )
 
     async def close(self) -> None:
@@ -571,6 +604,23 @@ class GenerationServicer:
                 call.cancel()
         if self._background:
             await asyncio.wait(self._background, timeout=_RELEASE_TIMEOUT_S)
+
+
+def _latency_proto(summary: LatencySummary) -> gen_pb.LatencySummary:
+    out = gen_pb.LatencySummary(
+        window_s=summary.window_s,
+        num_requests=summary.num_requests,
+        num_errors=summary.num_errors,
+    )
+    if summary.ttft_s is not None:
+        out.ttft_p50_ms = summary.ttft_s.p50 * 1e3
+        out.ttft_p90_ms = summary.ttft_s.p90 * 1e3
+        out.ttft_p99_ms = summary.ttft_s.p99 * 1e3
+    if summary.tpot_s is not None:
+        out.tpot_p50_ms = summary.tpot_s.p50 * 1e3
+        out.tpot_p90_ms = summary.tpot_s.p90 * 1e3
+        out.tpot_p99_ms = summary.tpot_s.p99 * 1e3
+    return out
 
 
 def _worker_status(record: WorkerRecord, now: float) -> gen_pb.WorkerStatus:
@@ -596,4 +646,6 @@ def _worker_status(record: WorkerRecord, now: float) -> gen_pb.WorkerStatus:
         labels=record.info.labels,
         last_heartbeat_age_s=max(0.0, now - record.last_seen),
         in_flight=record.in_flight,
+        topology_source=record.info.topology_source,
+        topology_detail=record.info.topology_detail,
     )

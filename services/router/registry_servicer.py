@@ -9,6 +9,7 @@ from collections.abc import Callable
 import grpc
 
 from kvferry._proto.kvferry.v1 import generation_pb2 as gen_pb
+from kvferry._proto.kvferry.v1 import kvtransfer_pb2 as kv_pb
 from kvferry._proto.kvferry.v1 import worker_pb2 as pb
 from kvferry._proto.kvferry.v1 import worker_pb2_grpc as pb_grpc
 from kvferry.services.engine.block_hash import HASH_SCHEME_VERSION
@@ -31,6 +32,22 @@ def load_from_proto(load: gen_pb.WorkerLoad) -> WorkerLoad:
         prefill_tokens_waiting=load.prefill_tokens_waiting,
         free_kv_blocks=load.free_kv_blocks,
         total_kv_blocks=load.total_kv_blocks,
+    )
+
+
+_DTYPE_BYTES = {
+    kv_pb.DTYPE_FLOAT32: 4,
+    kv_pb.DTYPE_FLOAT16: 2,
+    kv_pb.DTYPE_BFLOAT16: 2,
+    kv_pb.DTYPE_FLOAT8_E4M3: 1,
+}
+
+
+def kv_bytes_per_block(layout: kv_pb.KVLayout) -> int:
+    """K and V of one block across all layers, in bytes (0 when the layout is unset)."""
+    itemsize = _DTYPE_BYTES.get(layout.dtype, 0)
+    return (
+        2 * layout.num_layers * layout.block_size * layout.num_kv_heads * layout.head_dim * itemsize
     )
 
 
@@ -77,6 +94,11 @@ class RegistryServicer(pb_grpc.RegistryServicer):
                 request.model,
                 dict(request.labels),
                 request.capacity.max_model_len,
+                block_size=request.capacity.kv_layout.block_size,
+                kv_bytes_per_block=kv_bytes_per_block(request.capacity.kv_layout),
+                topology_source=request.topology_source,
+                topology_detail=request.topology_detail,
+                incarnation=request.incarnation,
             )
             self.registry.register(info, load_from_proto(request.load), self.clock())
         except DuplicateWorkerError as err:

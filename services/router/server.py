@@ -63,6 +63,8 @@ class RouterServer:
         self.address = address
         self.registry_address = registry_address
         self._expiry: asyncio.Task[None] | None = None
+        self.metrics_address = ""
+        """host:port serving /metrics (empty: metrics off)."""
 
     @classmethod
     async def start(
@@ -115,6 +117,9 @@ class RouterServer:
         for name in ("", *names):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         router = cls(servers, generation, registry, clients, address, registry_address)
+        if config.metrics_port != -1:
+            port = generation.metrics.serve(config.host, config.metrics_port)
+            router.metrics_address = f"{config.host}:{port}"
         router._expiry = asyncio.create_task(router._expire_loop(config.heartbeat_interval_s))
         log.info("router serving: address=%s registry=%s", address, registry_address)
         return router
@@ -134,4 +139,5 @@ class RouterServer:
                 await self._expiry
         await asyncio.gather(*(s.stop(grace_s) for s in self.servers))
         await self.generation.close()
+        self.generation.metrics.close()
         await self.clients.close_all()

@@ -71,6 +71,16 @@ class WorkerInfo:
     """Topology labels (node, NVLink domain, rack, zone)."""
     max_model_len: int = 0
     """Longest prompt + output it serves, in tokens (0: not reported)."""
+    block_size: int = 0
+    """Tokens per KV block (0: not reported)."""
+    kv_bytes_per_block: int = 0
+    """Bytes of one KV block across all layers, K and V (0: not reported)."""
+    topology_source: str = ""
+    """Where its labels came from: nvml, operator, flags, none."""
+    topology_detail: str = ""
+    """A note on its topology discovery (e.g. why NVML was not used)."""
+    incarnation: int = 0
+    """Per-process id: a new value means its prefix cache started again."""
 
 
 @dataclass(slots=True)

@@ -159,6 +159,7 @@ def _registration(
             ),
             block_hash_scheme=HASH_SCHEME_VERSION,
             load=await load(),
+            incarnation=servicer.incarnation,
         )
 
     return Registration(

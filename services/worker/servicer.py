@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, replace
@@ -97,6 +98,9 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         """Prefix-cache events for the router's index (drained from the engine)."""
         self.transfer_logs: list[TransferLog] = []
         """Where this worker's sends and receives are recorded (reported by GetStats)."""
+        self.incarnation = secrets.randbits(63) + 1
+        """This process's id (registered, and in GetStats): a new value tells the router
+        the prefix cache and its event sequence started again."""
 
     async def _refuse_if_draining(self, context: grpc.aio.ServicerContext) -> None:
         if self.draining:

@@ -220,6 +220,13 @@ async def test_planner_scales_decode_from_router_figures(operator: Harness) -> N
     )
     assert (operator.get(WP, "demo-decode") or {})["spec"]["replicas"] == 4
     assert (operator.get(DEPLOY, "demo-prefill") or {})["spec"]["replicas"] == 2
+    # The sampled latency is reported in the status (the TTFT/TPOT printer columns).
+    observed = await operator.wait_for(
+        lambda: (operator.get(IC, "demo") or {})["status"]["observed"],
+        "observed latency in the status",
+    )
+    assert (observed["ttftMs"], observed.get("tpotMs")) == (400.0, None)
+    assert observed["sampledAt"].endswith("Z")
 
 
 async def test_worker_pods_get_their_nodes_topology(operator: Harness) -> None:
@@ -243,8 +250,5 @@ async def test_worker_pods_get_their_nodes_topology(operator: Harness) -> None:
         ],
         "the topology annotation",
     )
-    assert json.loads(annotations) == {
-        "node": "gpu-7",
-        "nvidia.com/gpu.clique": "c1.3",
-        "topology.kubernetes.io/zone": "z1",
-    }
+    # Canonical levels (kvferry.topology), as the worker registers them; no rack label.
+    assert json.loads(annotations) == {"node": "gpu-7", "nvlink_domain": "c1.3", "zone": "z1"}

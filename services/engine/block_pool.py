@@ -80,6 +80,10 @@ class BlockPool:
     def get_cached_block(self, block_hash: BlockHash) -> KVBlock | None:
         return self._cached.get(block_hash)
 
+    def cached_hashes(self) -> list[BlockHash]:
+        """Every hash the prefix cache holds now (the router index's snapshot)."""
+        return list(self._cached)
+
     # -- allocation ------------------------------------------------------------------------
     def allocate(self, n: int) -> list[KVBlock]:
         """Take n free blocks (ref_cnt 1), evicting least recently used cached ones."""

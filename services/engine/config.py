@@ -12,7 +12,7 @@ from dataclasses import dataclass
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 LOAD_FORMATS = ("auto", "dummy")
 DEVICES = ("auto", "cpu", "cuda")
-ATTENTION_BACKENDS = ("torch",)
+ATTENTION_BACKENDS = ("auto", "torch", "triton")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +43,13 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
-    attention_backend: str = "torch"
+    attention_backend: str = "auto"
+    """`auto`: `triton` (the Triton kernels) on CUDA, `torch` (the references) on CPU. Resolved
+    once at engine start-up; `triton` on CPU runs only under TRITON_INTERPRET=1 (tests)."""
+    cuda_graphs: bool = True
+    """Replay decode-only steps as CUDA graphs captured per batch-size bucket (1, 2, 4, ...,
+    max_num_seqs): one launch instead of hundreds per step. Only with the triton backend on
+    CUDA (the torch references sync with the host); ignored elsewhere."""
 
     def __post_init__(self) -> None:
         _one_of("dtype", self.dtype, DTYPES)

@@ -24,10 +24,10 @@ from kvferry.errors import TransferError
 from kvferry.finish import FinishReason
 from kvferry.sampling_params import SamplingParams
 
-from .attention import AttentionBackend
 from .block_pool import KVEvent
 from .cache_layout import CacheLayout, allocate_kv_caches, plan_cache
 from .config import EngineConfig
+from .cuda_graphs import DecodeGraphs
 from .detokenizer import IncrementalDetokenizer
 from .incoming_kv import IncomingKV
 from .kv_cache_manager import KVCacheManager
@@ -36,6 +36,8 @@ from .model_runner import KVExport, ModelRunner
 from .outputs import EngineStats, RequestOutput
 from .request import Request, RequestId
 from .resolve import (
+    resolve_attention_backend,
+    resolve_cuda_graphs,
     resolve_device,
     resolve_dtype,
     resolve_max_model_len,
@@ -64,6 +66,7 @@ class LLMEngine:
         self.dtype = resolve_dtype(config.dtype, self.model_config, self.device)
         self.max_model_len = resolve_max_model_len(config, self.model_config)
         self.tokenizer = resolve_tokenizer(config.tokenizer, folder, self.model_config)
+        self.attention_backend = resolve_attention_backend(config.attention_backend, self.device)
         load_format = "dummy" if folder is None else config.load_format
         self.model = load_model(
             self.model_config,
@@ -72,7 +75,7 @@ class LLMEngine:
             dtype=self.dtype,
             device=self.device,
             seed=config.seed,
-            attention_backend=AttentionBackend(config.attention_backend),
+            attention_backend=self.attention_backend,
         )
         self.cache_layout: CacheLayout = plan_cache(
             config, self.model_config, self.dtype, self.device
@@ -92,8 +95,23 @@ class LLMEngine:
             ),
             self.kv,
         )
+        graphs = None
+        if resolve_cuda_graphs(config, self.device, self.attention_backend):
+            graphs = DecodeGraphs(
+                self.model,
+                kv_caches,
+                max_batch=config.max_num_seqs,
+                max_blocks_per_seq=-(-self.max_model_len // config.block_size),
+                device=self.device,
+            )
         self.runner = ModelRunner(
-            self.model, kv_caches, config.block_size, self.device, Sampler(self.device)
+            self.model,
+            kv_caches,
+            config.block_size,
+            self.device,
+            Sampler(self.device),
+            attention_backend=self.attention_backend,
+            decode_graphs=graphs,
         )
         self._streams: dict[RequestId, _Stream] = {}
         self._exports: dict[RequestId, KVExport] = {}
@@ -102,10 +120,13 @@ class LLMEngine:
         self._incoming: dict[RequestId, IncomingKV] = {}
         self._arrivals = 0
         log.info(
-            "engine ready: model=%s dtype=%s device=%s kv_blocks=%d (%.1f MiB) max_model_len=%d",
+            "engine ready: model=%s dtype=%s device=%s attention=%s cuda_graphs=%s kv_blocks=%d"
+            " (%.1f MiB) max_model_len=%d",
             config.model,
             self.dtype,
             self.device,
+            self.attention_backend.value,
+            graphs is not None,
             self.cache_layout.num_blocks,
             self.cache_layout.total_bytes / 2**20,
             self.max_model_len,

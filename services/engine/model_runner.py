@@ -2,7 +2,8 @@
 
 The flat token dimension holds decode sequences (one new token each) first, then each
 prefill span, as `AttentionMetadata` expects. Logits are computed only at the last
-position of sequences that sample this step.
+position of sequences that sample this step. A decode-only step replays a captured CUDA
+graph when the engine gave the runner `DecodeGraphs` (see cuda_graphs.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import AttentionMetadata, PrefillSpan
+from .attention import AttentionBackend, AttentionMetadata, PrefillBatch, PrefillSpan
+from .cuda_graphs import DecodeGraphs
 from .model.llama import LlamaForCausalLM
 from .request import RequestId
 from .sampler import Sampler, SampleRow, TokenLogprob
@@ -44,12 +46,17 @@ class ModelRunner:
         block_size: int,
         device: torch.device,
         sampler: Sampler,
+        *,
+        attention_backend: AttentionBackend = AttentionBackend.TORCH,
+        decode_graphs: DecodeGraphs | None = None,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches  # per layer: [2, num_blocks, block_size, num_kv_heads, head_dim]
         self.block_size = block_size
         self.device = device
         self.sampler = sampler
+        self.attention_backend = attention_backend
+        self.decode_graphs = decode_graphs
 
     @torch.inference_mode()
     def write_kv(self, block_ids: Sequence[int], layer_start: int, kv: torch.Tensor) -> None:
@@ -95,10 +102,21 @@ class ModelRunner:
         decodes = [s for s in out.scheduled if len(s.token_ids) == 1]
         prefills = [s for s in out.scheduled if len(s.token_ids) > 1]
         ordered = decodes + prefills
-        input_ids, positions, slots = self._flatten(ordered)
-        meta = self._metadata(decodes, prefills, slots)
+        ids, pos, slots = self._flatten(ordered)
         hook = self._export_hook(ordered, exports) if exports else None
-        hidden = self.model(input_ids, positions, self.kv_caches, meta, hook)  # [T, hidden]
+        graphs = self.decode_graphs
+        if (
+            graphs is not None
+            and not prefills
+            and hook is None
+            and graphs.fits(len(decodes), max(len(s.block_ids) for s in decodes))
+        ):
+            hidden = graphs.run(ids, pos, slots, [s.block_ids for s in decodes])  # [T, hidden]
+        else:
+            meta = self._metadata(decodes, prefills, slots)
+            input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
+            positions = torch.tensor(pos, dtype=torch.long, device=self.device)
+            hidden = self.model(input_ids, positions, self.kv_caches, meta, hook)  # [T, hidden]
 
         rows: list[SampleRow] = []
         last: list[int] = []
@@ -117,9 +135,8 @@ class ModelRunner:
             logprobs={r.request_id: lp for r, lp in zip(rows, logprobs, strict=True) if lp},
         )
 
-    def _flatten(
-        self, ordered: list[ScheduledRequest]
-    ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    def _flatten(self, ordered: list[ScheduledRequest]) -> tuple[list[int], list[int], list[int]]:
+        """Token ids, positions and cache slots of every scheduled token, in order."""
         bs = self.block_size
         ids: list[int] = []
         pos: list[int] = []
@@ -130,11 +147,7 @@ class ModelRunner:
             pos.extend(span)
             table = s.block_ids
             slots.extend(table[p // bs] * bs + p % bs for p in span)
-        return (
-            torch.tensor(ids, dtype=torch.long, device=self.device),
-            torch.tensor(pos, dtype=torch.long, device=self.device),
-            slots,
-        )
+        return ids, pos, slots
 
     def _metadata(
         self, decodes: list[ScheduledRequest], prefills: list[ScheduledRequest], slots: list[int]
@@ -144,6 +157,7 @@ class ModelRunner:
         tables = [s.block_ids + [0] * (width - len(s.block_ids)) for s in decodes]
         spans: list[PrefillSpan] = []
         start = len(decodes)
+        starts = [start]
         for s in prefills:
             n = len(s.token_ids)
             spans.append(
@@ -155,6 +169,12 @@ class ModelRunner:
                 )
             )
             start += n
+            starts.append(start)
+        batch = None
+        if prefills and self.attention_backend is AttentionBackend.TRITON:
+            batch = PrefillBatch.build(
+                starts, [sp.context_len for sp in spans], [s.block_ids for s in prefills], dev
+            )
         return AttentionMetadata(
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
             num_decode_tokens=len(decodes),
@@ -165,4 +185,5 @@ class ModelRunner:
                 [s.start_position + 1 for s in decodes], dtype=torch.long, device=dev
             ),
             prefills=spans,
+            prefill_batch=batch,
         )

@@ -1,7 +1,10 @@
-"""Start-up decisions of the engine: device, dtype, context length, tokenizer."""
+"""Start-up decisions of the engine: device, dtype, context length, tokenizer, attention
+backend and CUDA graphs."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
 
 import torch
@@ -9,6 +12,7 @@ import torch
 from kvferry.errors import ConfigError
 from kvferry.tokenizer import Tokenizer, load_tokenizer
 
+from .attention import AttentionBackend
 from .config import EngineConfig
 from .model.model_config import ModelConfig
 
@@ -54,3 +58,32 @@ def resolve_max_model_len(config: EngineConfig, model: ModelConfig) -> int:
             f" max_position_embeddings {limit}"
         )
     return config.max_model_len or limit
+
+
+def resolve_attention_backend(name: str, device: torch.device) -> AttentionBackend:
+    """`auto` -> the Triton kernels on CUDA, the torch references elsewhere."""
+    if name == "auto":
+        return AttentionBackend.TRITON if device.type == "cuda" else AttentionBackend.TORCH
+    backend = AttentionBackend(name)
+    if backend is AttentionBackend.TRITON:
+        if importlib.util.find_spec("triton") is None:
+            raise ConfigError(
+                "attention_backend 'triton' needs the triton package (CUDA builds of torch"
+                " ship it); install it or use 'torch'"
+            )
+        # NOTE: read here, once, only to reject a choice that cannot run; the kernels
+        # themselves never look at the environment.
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ConfigError(
+                "attention_backend 'triton' needs a CUDA device (on CPU it runs only under"
+                " TRITON_INTERPRET=1, for tests); use 'torch' or 'auto'"
+            )
+    return backend
+
+
+def resolve_cuda_graphs(
+    config: EngineConfig, device: torch.device, backend: AttentionBackend
+) -> bool:
+    """Decode steps run as CUDA graphs only on CUDA with the Triton kernels: the torch
+    references read context lengths back to the host, which a graph cannot replay."""
+    return config.cuda_graphs and device.type == "cuda" and backend is AttentionBackend.TRITON

@@ -6,6 +6,10 @@ no batch dimension); `AttentionMetadata` says which sequence each belongs to.
 
 q/k/v and gate/up are fused into single matrices (fewer, larger matmuls); the loader fills
 them from the separate Hugging Face tensors through `checkpoint_targets()`.
+
+The residual stream is carried beside each layer's output, so every norm after the first
+adds and normalises in one step (`RMSNorm.add_and_norm`: one Triton kernel with the TRITON
+backend); the sums are the same additions as `hidden = hidden + ...`, bit for bit.
 """
 
 from __future__ import annotations
@@ -18,23 +22,44 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kvferry.kernels import rmsnorm_ref
+
 from ..attention import AttentionBackend, AttentionMetadata, attention_forward
 from .model_config import ModelConfig
 
+_Norm = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+_AddNorm = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]
+]
+
 
 class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float) -> None:
+    """transformers' RMSNorm (`kernels/rmsnorm_ref.py` has the formula); `kernel` runs the
+    Triton kernels (`kernels/rmsnorm.py`) instead of the torch reference."""
+
+    def __init__(self, size: int, eps: float, *, kernel: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
+        self._norm, self._add_norm = _norm_ops(kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # NOTE: the exact transformers formula: normalise in float32, cast back to the input
-        # dtype, *then* scale; any other order changes bf16 results.
-        dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        return self._norm(x, self.weight, self.eps)
+
+    def add_and_norm(
+        self, x: torch.Tensor, residual: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + residual), x + residual)"""
+        return self._add_norm(x, residual, self.weight, self.eps)
+
+
+def _norm_ops(kernel: bool) -> tuple[_Norm, _AddNorm]:
+    if not kernel:
+        return rmsnorm_ref.rms_norm, rmsnorm_ref.fused_add_rms_norm
+    # NOTE: imported only here: triton is needed only with the Triton backend.
+    from kvferry.kernels import rmsnorm
+
+    return rmsnorm.rms_norm, rmsnorm.fused_add_rms_norm
 
 
 class RotaryEmbedding(nn.Module):
@@ -170,25 +195,33 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, backend: AttentionBackend) -> None:
+    def __init__(self, config: ModelConfig, backend: AttentionBackend, fused_norm: bool) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        eps = config.rms_norm_eps
+        self.input_layernorm = RMSNorm(config.hidden_size, eps, kernel=fused_norm)
         self.self_attn = Attention(config, backend)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, kernel=fused_norm)
         self.mlp = MLP(config)
 
     def forward(
         self,
-        hidden: torch.Tensor,  # [T, hidden]
+        hidden: torch.Tensor,  # [T, hidden]: the previous layer's MLP output (or embeddings)
+        residual: torch.Tensor | None,  # [T, hidden]: the stream before it; None: layer 0
         cos: torch.Tensor,
         sin: torch.Tensor,
         kv_cache: torch.Tensor,
         meta: AttentionMetadata,
-    ) -> torch.Tensor:
-        # Same operation order as transformers so float32 results agree to rounding.
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, kv_cache, meta)
-        hidden = hidden + self.mlp(self.post_attention_layernorm(hidden))
-        return hidden
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # (MLP output, residual stream before it)
+        # The same additions, in transformers' order, as `h = h + attn(norm(h))` then
+        # `h = h + mlp(norm(h))`: float32 results agree to rounding.
+        if residual is None:
+            residual, normed = hidden, self.input_layernorm(hidden)
+        else:
+            normed, residual = self.input_layernorm.add_and_norm(hidden, residual)
+        attn = self.self_attn(normed, cos, sin, kv_cache, meta)
+        normed, residual = self.post_attention_layernorm.add_and_norm(attn, residual)
+        out: torch.Tensor = self.mlp(normed)
+        return out, residual
 
     def checkpoint_targets(self, prefix: str) -> dict[str, torch.Tensor]:
         gate_up = self.mlp.gate_up_proj.weight.data  # [2 I, hidden]: gate rows, then up rows
@@ -205,16 +238,25 @@ class DecoderLayer(nn.Module):
 
 class LlamaForCausalLM(nn.Module):
     def __init__(
-        self, config: ModelConfig, attention_backend: AttentionBackend = AttentionBackend.TORCH
+        self,
+        config: ModelConfig,
+        attention_backend: AttentionBackend = AttentionBackend.TORCH,
+        *,
+        fused_norm: bool | None = None,
     ) -> None:
+        """`fused_norm`: the Triton RMSNorm kernels for the hidden-state norms; by default
+        exactly with the TRITON attention backend (one kernel choice for the model)."""
         super().__init__()
+        if fused_norm is None:
+            fused_norm = attention_backend is AttentionBackend.TRITON
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.rotary_emb = RotaryEmbedding(config)
         self.layers = nn.ModuleList(
-            DecoderLayer(config, attention_backend) for _ in range(config.num_hidden_layers)
+            DecoderLayer(config, attention_backend, fused_norm)
+            for _ in range(config.num_hidden_layers)
         )
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, kernel=fused_norm)
         self.lm_head = (
             None
             if config.tie_word_embeddings
@@ -231,12 +273,15 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:  # [T, hidden], final norm applied
         """`on_layer_done(i)` runs as soon as layer i has written its KV (KV export)."""
         hidden: torch.Tensor = self.embed_tokens(input_ids)  # [T, hidden]
+        residual: torch.Tensor | None = None
         cos, sin = self.rotary_emb(positions)  # [T, 1, D] each
         for i, (layer, kv_cache) in enumerate(zip(self.layers, kv_caches, strict=True)):
-            hidden = layer(hidden, cos, sin, kv_cache, meta)
+            hidden, residual = layer(hidden, residual, cos, sin, kv_cache, meta)
             if on_layer_done is not None:
                 on_layer_done(i)
-        normed: torch.Tensor = self.norm(hidden)
+        if residual is None:  # no layers
+            residual = torch.zeros_like(hidden)
+        normed, _ = self.norm.add_and_norm(hidden, residual)
         return normed
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

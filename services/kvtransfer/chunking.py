@@ -7,6 +7,10 @@ every dtype round-trips bit for bit. Splitting copies nothing (chunks view the s
 assembling a received message copies nothing either (the slab views the message bytes,
 which are read-only: see `KVSink`), so the only copy on the receiving side is the sink's
 own, into its cache.
+
+An FP8-compressed slab (see `compression`) travels the same way with one-byte elements;
+each chunk carries the float32 scales of its own layers and blocks in `scales`, covered by
+the CRC32C after the payload. A receiver checks that a chunk's compression is its own.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 
 from kvferry._proto.kvferry.v1 import kvtransfer_pb2 as pb
 
+from .compression import KVCompression
 from .dtypes import from_wire, to_wire
 from .errors import ChunkCorruptError, ChunkTooLargeError, TransferRejectedError
 from .slab import KVSlab
@@ -45,10 +50,9 @@ def split_slab(
     tensor alone until the push is answered. Raises ChunkTooLargeError when one block of
     one layer alone exceeds the limit.
     """
-    data = slab.data.detach()
-    if data.device.type != "cpu":
-        data = data.cpu()
-    data = data.contiguous()
+    data = _host(slab.data)
+    scales = None if slab.scales is None else _host(slab.scales).numpy()  # [L, 2, n, Hkv]
+    compression = KVCompression.NONE if scales is None else KVCompression.FP8
     num_layers, _, num_blocks = data.shape[:3]
     block_layer_bytes = data[0, :, 0].numel() * data.element_size()  # [2, BS, Hkv, D]
     if block_layer_bytes > max_chunk_bytes:
@@ -61,7 +65,7 @@ def split_slab(
         layers_per_chunk, blocks_per_chunk = max_chunk_bytes // layer_bytes, num_blocks
     else:
         layers_per_chunk, blocks_per_chunk = 1, max_chunk_bytes // block_layer_bytes
-    wire_dtype = to_wire(data.dtype)
+    wire_dtype = pb.DTYPE_FLOAT8_E4M3 if scales is not None else to_wire(data.dtype)
     raw = data.view(torch.uint8).numpy()  # [L, 2, B, BS, Hkv, D * itemsize], no copy
 
     chunks: list[WireChunk] = []
@@ -83,8 +87,11 @@ def split_slab(
                 block_positions=slab.block_positions[b0:b1],
                 dtype=wire_dtype,
                 shape=[l1 - l0, 2, b1 - b0, *data.shape[3:]],
-                crc32c=crc32c(*pieces),
+                compression=compression.wire,
             )
+            if scales is not None:  # a small copy: [layers, 2, blocks, Hkv] float32
+                header.scales = scales[l0:l1, :, b0:b1].tobytes()
+            header.crc32c = crc32c(*pieces, header.scales)
             chunks.append(WireChunk(header, pieces))
     return chunks
 
@@ -97,8 +104,9 @@ def end_chunk(request_id: str, total_chunks: int, first_token_id: int | None) ->
     return WireChunk(pb.KVChunk(request_id=request_id, seq=total_chunks, end=end))
 
 
-def assemble(chunk: WireChunk) -> KVSlab:
-    """Verify a data chunk and turn it back into a slab on the CPU.
+def assemble(chunk: WireChunk, compression: KVCompression = KVCompression.NONE) -> KVSlab:
+    """Verify a data chunk and turn it back into a slab on the CPU; the receiver takes
+    `compression` only.
 
     A payload that is one read-only buffer (a received message) is viewed, not copied
     (unless misaligned for the dtype):
@@ -107,20 +115,27 @@ def assemble(chunk: WireChunk) -> KVSlab:
     is copied once into memory the tensor owns.
 
     ChunkCorruptError: CRC32C mismatch, or shape disagreeing with the payload length.
-    TransferRejectedError: not a data chunk, an unsupported dtype, or header fields that
-    contradict each other (a sender bug; resending will not help).
+    TransferRejectedError: not a data chunk, another compression than `compression`, an
+    unsupported dtype, or header fields that contradict each other (a sender bug or a
+    misconfigured pair; resending will not help).
     """
     head = chunk.header
     where = f"chunk {head.seq} of {head.request_id!r}"
     if chunk.is_end:
         raise TransferRejectedError(f"{where} is an end message, not data")
+    sent = KVCompression.from_wire(head.compression)
+    if sent is not compression:
+        raise TransferRejectedError(
+            f"{where} carries KV with compression {sent.value!r}; this receiver takes"
+            f" {compression.value!r} (give both workers the same --kv-compression)"
+        )
     size = chunk.payload_len
-    actual_crc = crc32c(*chunk.payload)
+    actual_crc = crc32c(*chunk.payload, head.scales)
     if actual_crc != head.crc32c:
         raise ChunkCorruptError(
             f"{where}: CRC32C {actual_crc:#010x} != {head.crc32c:#010x} sent ({size} payload bytes)"
         )
-    dtype = from_wire(head.dtype)
+    dtype = _payload_dtype(head, compression, where)
     shape = tuple(head.shape)
     num_layers = head.layer_end - head.layer_start
     header = (num_layers, 2, len(head.block_positions))
@@ -135,6 +150,7 @@ def assemble(chunk: WireChunk) -> KVSlab:
             f"{where}: shape {list(shape)} of {dtype} needs {expected_bytes} bytes,"
             f" payload has {size}"
         )
+    scales = _scales(head, shape, compression, where)
     out = _view(chunk.payload)
     if out is None or out.data_ptr() % dtype.itemsize:
         # NOTE: a view of the elements at a misaligned address would be undefined
@@ -147,7 +163,41 @@ def assemble(chunk: WireChunk) -> KVSlab:
         layer_end=head.layer_end,
         block_positions=list(head.block_positions),
         data=out.view(dtype).reshape(shape),
+        scales=scales,
     )
+
+
+def _host(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().cpu().contiguous()
+
+
+def _payload_dtype(head: pb.KVChunk, compression: KVCompression, where: str) -> torch.dtype:
+    if compression is KVCompression.NONE:
+        return from_wire(head.dtype)
+    if head.dtype != pb.DTYPE_FLOAT8_E4M3:
+        raise TransferRejectedError(
+            f"{where}: an FP8-compressed chunk must have dtype FLOAT8_E4M3, not"
+            f" {pb.DType.Name(head.dtype) if head.dtype in pb.DType.values() else head.dtype}"
+        )
+    return torch.float8_e4m3fn
+
+
+def _scales(
+    head: pb.KVChunk, shape: tuple[int, ...], compression: KVCompression, where: str
+) -> torch.Tensor | None:
+    """The chunk's FP8 scales `[L, 2, n, Hkv]` (a copy; a few bytes per block), or None."""
+    if compression is KVCompression.NONE:
+        if head.scales:
+            raise TransferRejectedError(f"{where}: an uncompressed chunk carries scales")
+        return None
+    scales_shape = (*shape[:3], shape[4])
+    expected = math.prod(scales_shape) * 4
+    if len(head.scales) != expected:
+        raise ChunkCorruptError(
+            f"{where}: {len(head.scales)} bytes of scales; shape {list(shape)} needs {expected}"
+        )
+    values = np.frombuffer(head.scales, dtype="<f4").reshape(scales_shape)
+    return torch.from_numpy(values.copy())
 
 
 def _view(payload: tuple[Buffer, ...]) -> torch.Tensor | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .compression import KVCompression
+
 _MIB = 1 << 20
 
 
@@ -33,7 +35,14 @@ class KVTransferConfig:
     stats_history: int = 256
     """Finished transfers kept for `GetStats` (the router's measured-bandwidth input)."""
 
+    compression: KVCompression = KVCompression.NONE
+    """What a sender puts on the wire and the only thing a receiver accepts. NONE: exact.
+    FP8: half the bytes of a bf16/fp16 cache, lossy (docs/benchmarks.md measures it); use
+    it where the link, not compute, bounds time to first token."""
+
     def __post_init__(self) -> None:
+        if not isinstance(self.compression, KVCompression):
+            raise ValueError(f"compression must be a KVCompression, got {self.compression!r}")
         if not 1 <= self.max_chunk_bytes <= 1024 * _MIB:
             raise ValueError(
                 f"max_chunk_bytes must be in [1, {1024 * _MIB}] (1 GiB), got {self.max_chunk_bytes}"

@@ -1,4 +1,5 @@
-"""Tensor element types on the wire (`kvferry.v1.DType`) and in torch."""
+"""KV cache element types on the wire (`kvferry.v1.DType`) and in torch (FP8 payloads:
+`compression`)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def from_wire(wire: pb.DType | int) -> torch.dtype:
     if dtype is None:
         name = pb.DType.Name(wire) if wire in pb.DType.values() else str(wire)
         raise TransferRejectedError(
-            f"chunk dtype {name} is not supported (FLOAT8_E4M3 is reserved; unset means a"
-            " sender bug)"
+            f"chunk dtype {name} is not supported as a KV cache dtype (FLOAT8_E4M3 travels"
+            " only in FP8-compressed chunks; unset means a sender bug)"
         )
     return dtype

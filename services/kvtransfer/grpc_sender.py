@@ -15,6 +15,7 @@ import grpc
 from kvferry._proto.kvferry.v1 import kvtransfer_pb2 as pb
 from kvferry.errors import TransferError
 
+from .compression import PackBackend
 from .config import KVTransferConfig
 from .errors import ReceiverUnavailableError, TransferRejectedError, TransferTimeoutError
 from .faults import FaultPlan
@@ -34,8 +35,9 @@ class GrpcKVSender(ChunkSender):
         faults: FaultPlan | None = None,
         channel_options: Sequence[tuple[str, int | str]] = (),
         clock: Callable[[], float] | None = None,
+        pack_backend: PackBackend = PackBackend.TORCH,
     ) -> None:
-        super().__init__(config, faults=faults, clock=clock)
+        super().__init__(config, faults=faults, clock=clock, pack_backend=pack_backend)
         self._options = [*self.config.grpc_options(), *channel_options]
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._calls: dict[str, grpc.aio.StreamUnaryMultiCallable] = {}

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 from kvferry._proto.kvferry.v1 import kvtransfer_pb2 as pb
 
+from .compression import PackBackend
 from .config import KVTransferConfig
 from .errors import ReceiverUnavailableError, TransferTimeoutError
 from .faults import FaultPlan
@@ -27,8 +28,9 @@ class LoopbackTransport(ChunkSender):
         *,
         faults: FaultPlan | None = None,
         clock: Callable[[], float] | None = None,
+        pack_backend: PackBackend = PackBackend.TORCH,
     ) -> None:
-        super().__init__(config, faults=faults, clock=clock)
+        super().__init__(config, faults=faults, clock=clock, pack_backend=pack_backend)
         self._sinks = dict(sinks or {})
         self.received = TransferLog(self.config.stats_history)
         """Pushes as the receiving side recorded them."""
@@ -46,7 +48,9 @@ class LoopbackTransport(ChunkSender):
         sink = self._sinks.get(endpoint)
         if sink is None:
             raise ReceiverUnavailableError(f"no loopback KV receiver bound at {endpoint}")
-        receiver = PushReceiver(sink, peer="loopback", clock=self.clock)
+        receiver = PushReceiver(
+            sink, peer="loopback", clock=self.clock, compression=self.config.compression
+        )
         try:
             async with asyncio.timeout(timeout_s):
                 async for chunk in chunks:

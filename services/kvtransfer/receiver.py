@@ -15,6 +15,7 @@ from kvferry._proto.kvferry.v1 import kvtransfer_pb2 as pb
 from kvferry.errors import TransferError
 
 from .chunking import assemble
+from .compression import KVCompression
 from .errors import ChunkCorruptError, MalformedPushError
 from .protocols import KVSink
 from .push_result import PushResult, PushStatus
@@ -25,13 +26,16 @@ from .wire_chunk import WireChunk
 log = logging.getLogger(__name__)
 
 
-def verify(chunk: WireChunk) -> KVSlab | TransferError | None:
-    """Check a message's payload; the slab, the reason it failed, or None for the end
-    message. Pure and thread-safe: the CPU-heavy half of receiving (the CRC32C)."""
+def verify(
+    chunk: WireChunk, compression: KVCompression = KVCompression.NONE
+) -> KVSlab | TransferError | None:
+    """Check a message's payload (and that it is compressed as `compression`); the slab,
+    the reason it failed, or None for the end message. Pure and thread-safe: the CPU-heavy
+    half of receiving (the CRC32C)."""
     if chunk.is_end:
         return None
     try:
-        return assemble(chunk)
+        return assemble(chunk, compression)
     except TransferError as e:
         return e
 
@@ -42,11 +46,18 @@ class PushReceiver:
     servicer), one push message at a time."""
 
     def __init__(
-        self, sink: KVSink, *, peer: str = "", clock: Callable[[], float] = time.perf_counter
+        self,
+        sink: KVSink,
+        *,
+        peer: str = "",
+        clock: Callable[[], float] = time.perf_counter,
+        compression: KVCompression = KVCompression.NONE,
     ) -> None:
         self.sink = sink
         self.peer = peer
         self.clock = clock
+        self.compression = compression
+        """The only compression accepted (the receiving worker's setting)."""
         self.request_id = ""
         self._started: float | None = None
         self._data_chunks = 0
@@ -58,8 +69,8 @@ class PushReceiver:
         """Set when the push failed for good: read nothing more."""
 
     def feed(self, chunk: WireChunk) -> bool:
-        """Verify and take one message on this thread (`take(chunk, verify(chunk))`)."""
-        return self.take(chunk, verify(chunk))
+        """Verify and take one message on this thread (`take(chunk, verify(...))`)."""
+        return self.take(chunk, verify(chunk, self.compression))
 
     def take(self, chunk: WireChunk, verified: KVSlab | TransferError | None) -> bool:
         """Take one message whose payload `verify` already checked (possibly on another

@@ -7,6 +7,9 @@ in a second call; anything else that is not OK raises. Transports implement `_se
 NOTE: chunks are views of the slabs' tensors, kept until the receiver answers so that
 corrupt ones can be resent: a push copies no KV on the sender beyond the one serialization
 per message, but the caller must not modify a slab's tensor while its push runs.
+
+With `config.compression` set, each slab is compressed first, on its own device (a GPU
+slab crosses to the host already halved), by the codec `pack_backend` selects.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
 
 from .chunking import end_chunk, split_slab
+from .compression import KVCodec, PackBackend
 from .config import KVTransferConfig
 from .errors import (
     ChunkCorruptError,
@@ -50,8 +54,10 @@ class ChunkSender(ABC):
         *,
         faults: FaultPlan | None = None,
         clock: Callable[[], float] | None = None,
+        pack_backend: PackBackend = PackBackend.TORCH,
     ) -> None:
         self.config = config or KVTransferConfig()
+        self.codec = KVCodec(self.config.compression, pack_backend)
         self.faults = faults or FaultPlan()
         self.clock = clock or time.perf_counter
         self.transfers = TransferLog(self.config.stats_history)
@@ -137,7 +143,7 @@ class ChunkSender(ABC):
                     raise ValueError(
                         f"slab for {slab.request_id!r} pushed as part of request {request_id!r}"
                     )
-                chunks = await asyncio.to_thread(split_slab, slab, self.config.max_chunk_bytes)
+                chunks = await asyncio.to_thread(self._split, slab)
                 await queue.put(chunks)
         except Exception as e:
             # NOTE: the stream must fail, never end cleanly: a clean end would tell the
@@ -146,6 +152,9 @@ class ChunkSender(ABC):
             await queue.put(e)
             return
         await queue.put(None)
+
+    def _split(self, slab: KVSlab) -> list[WireChunk]:
+        return split_slab(self.codec.encode(slab), self.config.max_chunk_bytes)
 
     async def _first_pass(
         self,

@@ -74,7 +74,7 @@ class KVTransferServicer(pb_grpc.KVTransferServicer):
         request_iterator: AsyncIterator[WireChunk] | AsyncIterator[pb.KVChunk],
         context: grpc.aio.ServicerContext[pb.KVChunk, pb.PushKVResponse],
     ) -> pb.PushKVResponse:
-        receiver = PushReceiver(self.sink, peer=context.peer())
+        receiver = PushReceiver(self.sink, peer=context.peer(), compression=self.config.compression)
         async with self._slots:
             try:
                 await self._receive(request_iterator, receiver)
@@ -119,10 +119,13 @@ class KVTransferServicer(pb_grpc.KVTransferServicer):
                 if stopped:
                     continue  # drain (see the module note)
                 try:
+                    compression = self.config.compression
                     if self.config.verify_in_thread:
-                        verified = await loop.run_in_executor(self._executor, verify, item)
+                        verified = await loop.run_in_executor(
+                            self._executor, verify, item, compression
+                        )
                     else:
-                        verified = verify(item)
+                        verified = verify(item, compression)
                     stopped = not receiver.take(item, verified)
                 except Exception as e:
                     error, stopped = e, True

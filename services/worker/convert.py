@@ -7,6 +7,7 @@ from kvferry._proto.kvferry.v1 import kvtransfer_pb2 as kv_pb
 from kvferry.services.engine.cache_layout import CacheLayout
 from kvferry.services.engine.outputs import EngineStats, RequestOutput
 from kvferry.services.engine.sampler import TokenLogprob
+from kvferry.services.kvtransfer.compression import KVCompression
 from kvferry.services.kvtransfer.dtypes import to_wire
 from kvferry.wire import FINISH_TO_PROTO
 
@@ -38,8 +39,11 @@ def output_to_proto(out: RequestOutput, num_logprobs_sent: int) -> gen_pb.Genera
     return msg
 
 
-def layout_to_proto(layout: CacheLayout) -> kv_pb.KVLayout:
+def layout_to_proto(
+    layout: CacheLayout, compression: KVCompression = KVCompression.NONE
+) -> kv_pb.KVLayout:
     return kv_pb.KVLayout(
+        compression=compression.wire,
         block_size=layout.block_size,
         num_layers=layout.num_layers,
         num_kv_heads=layout.num_kv_heads,

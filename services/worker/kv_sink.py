@@ -4,6 +4,9 @@
 tens of milliseconds): it checks the slab against the admission cheaply, then queues the
 write. Engine commands run in order, so by the time `complete_remote` runs every write
 queued before it has landed; the engine checks completeness there.
+
+A compressed slab (FP8) is expanded on the engine thread, after it crossed to the engine's
+device in its compressed form; an uncompressed one is written as it came (bit-exact).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from kvferry.errors import TransferError
 from kvferry.services.engine.async_engine import AsyncEngine
 from kvferry.services.engine.cache_layout import CacheLayout
 from kvferry.services.engine.scheduler import RemoteAdmission
+from kvferry.services.kvtransfer.compression import KVCodec
 from kvferry.services.kvtransfer.slab import KVSlab
 
 
@@ -35,11 +39,13 @@ class EngineKVSink:
         layout: CacheLayout,
         admitted: dict[str, Admitted],
         loop: asyncio.AbstractEventLoop,
+        codec: KVCodec | None = None,
     ) -> None:
         self.engine = engine
         self.layout = layout
         self.admitted = admitted
         self.loop = loop
+        self.codec = codec or KVCodec()
 
     def accept(self, slab: KVSlab) -> None:
         entry = self.admitted[slab.request_id]  # KeyError: not admitted here
@@ -54,13 +60,11 @@ class EngineKVSink:
         expected = (self.layout.block_size, self.layout.num_kv_heads, self.layout.head_dim)
         if tail != expected:
             raise TransferError(f"block shape {tail} does not match this worker's {expected}")
-        rid, positions, start, data = (
-            slab.request_id,
-            list(slab.block_positions),
-            slab.layer_start,
-            slab.data,
+        rid, positions, start = slab.request_id, list(slab.block_positions), slab.layer_start
+        codec, dtype = self.codec, self.layout.dtype
+        self.engine.submit(
+            lambda e: e.write_remote_kv(rid, positions, start, codec.decode(slab, dtype, e.device))
         )
-        self.engine.submit(lambda e: e.write_remote_kv(rid, positions, start, data))
 
     def complete(self, request_id: str, first_token_id: int) -> None:
         entry = self.admitted[request_id]

@@ -40,7 +40,7 @@ def test_check_names_stale_files_in_a_copy(
     kv = proto_root / "kvferry" / "v1" / "kvtransfer.proto"
     text = kv.read_text()
     kv.write_text(
-        text.replace("  fixed32 crc32c = 9;", "  fixed32 crc32c = 9;\n  bool extra = 11;")
+        text.replace("  fixed32 crc32c = 9;", "  fixed32 crc32c = 9;\n  bool extra = 99;")
     )
     stray = out / "kvferry" / "v1" / "gone_pb2.py"
     stray.write_text("# left over from a deleted proto\n")

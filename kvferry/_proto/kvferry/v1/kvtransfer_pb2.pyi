@@ -15,6 +15,11 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DTYPE_BFLOAT16: _ClassVar[DType]
     DTYPE_FLOAT8_E4M3: _ClassVar[DType]
 
+class KVCompression(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KV_COMPRESSION_NONE: _ClassVar[KVCompression]
+    KV_COMPRESSION_FP8_E4M3: _ClassVar[KVCompression]
+
 class PushStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PUSH_STATUS_UNSPECIFIED: _ClassVar[PushStatus]
@@ -34,6 +39,8 @@ DTYPE_FLOAT32: DType
 DTYPE_FLOAT16: DType
 DTYPE_BFLOAT16: DType
 DTYPE_FLOAT8_E4M3: DType
+KV_COMPRESSION_NONE: KVCompression
+KV_COMPRESSION_FP8_E4M3: KVCompression
 PUSH_STATUS_UNSPECIFIED: PushStatus
 PUSH_STATUS_OK: PushStatus
 PUSH_STATUS_CORRUPT: PushStatus
@@ -45,21 +52,23 @@ TRANSFER_DIRECTION_SEND: TransferDirection
 TRANSFER_DIRECTION_RECEIVE: TransferDirection
 
 class KVLayout(_message.Message):
-    __slots__ = ("block_size", "num_layers", "num_kv_heads", "head_dim", "dtype")
+    __slots__ = ("block_size", "num_layers", "num_kv_heads", "head_dim", "dtype", "compression")
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     NUM_KV_HEADS_FIELD_NUMBER: _ClassVar[int]
     HEAD_DIM_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     block_size: int
     num_layers: int
     num_kv_heads: int
     head_dim: int
     dtype: DType
-    def __init__(self, block_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
+    compression: KVCompression
+    def __init__(self, block_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., compression: _Optional[_Union[KVCompression, str]] = ...) -> None: ...
 
 class KVChunk(_message.Message):
-    __slots__ = ("request_id", "seq", "layer_start", "layer_end", "block_positions", "dtype", "shape", "payload", "crc32c", "end")
+    __slots__ = ("request_id", "seq", "layer_start", "layer_end", "block_positions", "dtype", "shape", "payload", "crc32c", "end", "compression", "scales")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     LAYER_START_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +79,8 @@ class KVChunk(_message.Message):
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     CRC32C_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    SCALES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     seq: int
     layer_start: int
@@ -80,7 +91,9 @@ class KVChunk(_message.Message):
     payload: bytes
     crc32c: int
     end: KVPushEnd
-    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., layer_start: _Optional[int] = ..., layer_end: _Optional[int] = ..., block_positions: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., payload: _Optional[bytes] = ..., crc32c: _Optional[int] = ..., end: _Optional[_Union[KVPushEnd, _Mapping]] = ...) -> None: ...
+    compression: KVCompression
+    scales: bytes
+    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., layer_start: _Optional[int] = ..., layer_end: _Optional[int] = ..., block_positions: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., payload: _Optional[bytes] = ..., crc32c: _Optional[int] = ..., end: _Optional[_Union[KVPushEnd, _Mapping]] = ..., compression: _Optional[_Union[KVCompression, str]] = ..., scales: _Optional[bytes] = ...) -> None: ...
 
 class KVPushEnd(_message.Message):
     __slots__ = ("total_chunks", "first_token_id")

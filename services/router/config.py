@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .placement.builtin import BUILTIN, DEFAULT_POLICY
+
 
 @dataclass(frozen=True, slots=True)
 class RouterConfig:
@@ -53,6 +55,16 @@ class RouterConfig:
     latency_window_s: float = 60.0
     """Window of finished requests behind the TTFT/TPOT percentiles in GetClusterStatus
     (what `kvferry status` and the operator's planner read)."""
+    placement: str = DEFAULT_POLICY
+    """Built-in placement policy: random, round-robin, least-loaded, cache-aware, kvferry
+    (docs/placement.md); --placement-config overrides its keys."""
+    placement_config: str = ""
+    """A YAML file declaring the placement pipeline (filters, scorers, picker, tier
+    bandwidths); its `policy:` key names the built-in it starts from."""
+    index_poll_interval_s: float = 0.5
+    """How often the router reads every worker's prefix-cache events and KV transfers
+    (its cluster KV index and measured bandwidths); 0: no index (cache-aware scorers then
+    see no hits)."""
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -66,6 +78,14 @@ class RouterConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.short_prompt_tokens < 0:
             raise ValueError(f"short_prompt_tokens must be >= 0, got {self.short_prompt_tokens}")
+        if self.placement not in BUILTIN:
+            raise ValueError(
+                f"placement must be one of {', '.join(BUILTIN)}, got {self.placement!r}"
+            )
+        if self.index_poll_interval_s < 0:
+            raise ValueError(
+                f"index_poll_interval_s must be >= 0 (0: off), got {self.index_poll_interval_s}"
+            )
         if not -1 <= self.metrics_port < 65536:
             raise ValueError(f"metrics_port must be -1 or in [0, 65535], got {self.metrics_port}")
         for name in (

@@ -32,14 +32,23 @@ from google.protobuf.message import DecodeError
 from kvferry._proto.kvferry.v1 import generation_pb2 as gen_pb
 from kvferry._proto.kvferry.v1 import worker_pb2 as pb
 from kvferry.sampling_params import SamplingParams
+from kvferry.services.engine.block_hash import hash_block_tokens
 from kvferry.tokenizer import Tokenizer
 from kvferry.wire import sampling_from_proto
 
 from .config import RouterConfig
+from .kv_index import KVIndex
 from .latency import LatencySummary
 from .metrics import RouterMetrics
 from .output_cursor import OutputCursor, StreamMismatchError
-from .placement import NoEligibleWorkersError, PlacementPolicy, PlacementRequest
+from .placement import (
+    BandwidthTable,
+    ClusterView,
+    NoEligibleWorkersError,
+    PlacementPolicy,
+    PlacementRequest,
+    RouterView,
+)
 from .registry import Registry
 from .registry_servicer import ROLE_TO_PROTO
 from .worker_clients import WorkerClients
@@ -131,10 +140,13 @@ class GenerationServicer:
         tokenizer: Tokenizer,
         *,
         clock: Callable[[], float] = time.monotonic,
+        view: ClusterView | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.policy = policy
+        self.view = view or RouterView(registry, KVIndex(), BandwidthTable())
+        """What placement sees: the registry, the cluster KV index, measured bandwidths."""
         self.clients = clients
         self.tokenizer = tokenizer
         self.clock = clock
@@ -353,12 +365,15 @@ class GenerationServicer:
         busy: set[WorkerId] = set()
         backoff = 0.02
         queue_deadline = min(job.deadline, self.clock() + self.config.queue_timeout_s)
+        block_size, hashes = self._block_hashes(job.prompt)
         while True:
             self._check_abort(job)
             try:
                 placement = self.policy.place(
-                    PlacementRequest(len(job.prompt), frozenset(job.failed | busy)),
-                    self.registry.records(),
+                    PlacementRequest(
+                        len(job.prompt), hashes, frozenset(job.failed | busy), block_size
+                    ),
+                    self.view,
                 )
             except NoEligibleWorkersError as err:
                 if not busy:
@@ -507,6 +522,15 @@ class GenerationServicer:
         final.usage.cached_tokens = job.cached_tokens or 0
         final.timing.e2e_s = self.clock() - job.started
         return final
+
+    def _block_hashes(self, prompt: list[int]) -> tuple[int, tuple[int, ...]]:
+        """The prompt's chained block hashes at the workers' block size (the function the
+        engine uses), for prefix-cache scoring; none while no worker reported one."""
+        records = self.registry.records_view()
+        block_size = next((r.info.block_size for r in records if r.info.block_size), 0)
+        if not block_size:
+            return 0, ()
+        return block_size, tuple(hash_block_tokens(prompt, block_size))
 
     def _record(self, worker_id: WorkerId) -> WorkerRecord:
         record = self.registry.get(worker_id)

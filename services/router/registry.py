@@ -29,6 +29,8 @@ class Registry:
     def __init__(self, config: RegistryConfig | None = None) -> None:
         self.config = config or RegistryConfig()
         self._workers: dict[WorkerId, WorkerRecord] = {}
+        self._view: list[WorkerRecord] | None = None
+        """records_view()'s list, dropped whenever a worker comes or goes."""
 
     def register(self, info: WorkerInfo, load: WorkerLoad, now: float) -> None:
         """Add a worker, or replace one that re-registers under the same id (a restart)."""
@@ -52,6 +54,7 @@ class Registry:
         if previous is not None and previous.info.address == info.address:
             record.in_flight = previous.in_flight  # the router's requests there still run
         self._workers[info.worker_id] = record
+        self._view = None
 
     def heartbeat(
         self, worker_id: WorkerId, load: WorkerLoad, now: float, *, draining: bool = False
@@ -70,6 +73,7 @@ class Registry:
             record.state = WorkerState.DRAINING
 
     def remove(self, worker_id: WorkerId) -> bool:
+        self._view = None
         return self._workers.pop(worker_id, None) is not None
 
     def expire(self, now: float) -> list[WorkerRecord]:
@@ -77,6 +81,8 @@ class Registry:
         dead = [r for r in self._workers.values() if now - r.last_seen > self.config.ttl_s]
         for record in dead:
             del self._workers[record.info.worker_id]
+        if dead:
+            self._view = None
         return dead
 
     def get(self, worker_id: WorkerId) -> WorkerRecord | None:
@@ -84,6 +90,13 @@ class Registry:
 
     def records(self) -> list[WorkerRecord]:
         return list(self._workers.values())
+
+    def records_view(self) -> list[WorkerRecord]:
+        """The records as one list object that stays the same until a worker comes or
+        goes (placement caches per-role pools by its identity). Do not modify it."""
+        if self._view is None:
+            self._view = list(self._workers.values())
+        return self._view
 
     def placed(self, worker_id: WorkerId, delta: int) -> None:
         """Count a request placed on (+1) or finished on (-1) a worker."""

@@ -24,7 +24,17 @@ from kvferry.tokenizer import Tokenizer, load_tokenizer
 
 from .config import RouterConfig
 from .generation import SERVICE_NAME, GenerationServicer
-from .placement import LeastLoaded, LeastLoadedConfig, PlacementPolicy
+from .kv_index import KVIndex
+from .kv_index_poller import KVIndexPoller
+from .placement import (
+    BandwidthTable,
+    PlacementConfig,
+    PlacementPolicy,
+    RouterView,
+    build_policy,
+    load_config,
+    named_config,
+)
 from .registry import Registry, RegistryConfig
 from .registry_servicer import RegistryServicer
 from .worker_clients import WorkerClients
@@ -46,6 +56,15 @@ def router_tokenizer(config: RouterConfig) -> Tokenizer:
     return load_tokenizer(None, byte_level=True)
 
 
+def placement_config(config: RouterConfig) -> PlacementConfig:
+    """--placement (a built-in) with --short-prompt-tokens, then --placement-config's keys
+    (a file may name its own `policy:` to start from)."""
+    base = {"short_prompt_tokens": config.short_prompt_tokens}
+    if config.placement_config:
+        return load_config(config.placement_config, default_policy=config.placement, **base)
+    return named_config(config.placement, **base)
+
+
 class RouterServer:
     def __init__(
         self,
@@ -63,6 +82,8 @@ class RouterServer:
         self.address = address
         self.registry_address = registry_address
         self._expiry: asyncio.Task[None] | None = None
+        self.poller: KVIndexPoller | None = None
+        """Feeds the cluster KV index and bandwidth table (None: --index-poll-interval-s 0)."""
         self.metrics_address = ""
         """host:port serving /metrics (empty: metrics off)."""
 
@@ -73,8 +94,12 @@ class RouterServer:
         tokenizer = router_tokenizer(config)
         registry = Registry(RegistryConfig(ttl_s=config.worker_ttl_s))
         clients = WorkerClients()
-        policy = policy or LeastLoaded(LeastLoadedConfig(config.short_prompt_tokens))
-        generation = GenerationServicer(config, registry, policy, clients, tokenizer)
+        placement = placement_config(config)
+        policy = policy or build_policy(placement)
+        index = KVIndex()
+        bandwidth = BandwidthTable(placement.transfer)
+        view = RouterView(registry, index, bandwidth)
+        generation = GenerationServicer(config, registry, policy, clients, tokenizer, view=view)
         registry_servicer = RegistryServicer(
             registry, heartbeat_interval_s=config.heartbeat_interval_s, model=config.model
         )
@@ -121,6 +146,12 @@ class RouterServer:
             port = generation.metrics.serve(config.host, config.metrics_port)
             router.metrics_address = f"{config.host}:{port}"
         router._expiry = asyncio.create_task(router._expire_loop(config.heartbeat_interval_s))
+        if config.index_poll_interval_s > 0:
+            router.poller = KVIndexPoller(
+                registry, clients, index, bandwidth, interval_s=config.index_poll_interval_s
+            )
+            router.poller.start()
+        log.info("router placement: policy=%s", placement.name)
         log.info("router serving: address=%s registry=%s", address, registry_address)
         return router
 
@@ -133,6 +164,8 @@ class RouterServer:
                     await self.clients.close(record.info.address)
 
     async def stop(self, grace_s: float = 1.0) -> None:
+        if self.poller is not None:
+            await self.poller.stop()
         if self._expiry is not None:
             self._expiry.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -30,7 +30,10 @@ from kvferry._proto.kvferry.v1 import worker_pb2_grpc as pb_grpc
 from kvferry.errors import CapacityError, TransferError
 from kvferry.sampling_params import SamplingParams
 from kvferry.services.engine.async_engine import AsyncEngine, EngineDeadError
+from kvferry.services.engine.block_pool import KVEvent
+from kvferry.services.engine.engine import LLMEngine
 from kvferry.services.engine.model_runner import KVExport
+from kvferry.services.kvtransfer.compression import KVCompression
 from kvferry.services.kvtransfer.protocols import KVSender
 from kvferry.services.kvtransfer.slab import KVSlab
 from kvferry.services.kvtransfer.stats import TransferLog
@@ -90,12 +93,14 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self.config = config
         self.kv_endpoint = kv_endpoint
         self.layout = engine.engine.cache_layout
-        self.layout_proto = layout_to_proto(self.layout)
+        self.layout_proto = layout_to_proto(self.layout, KVCompression(config.kv_compression))
         self.admitted = admitted
         self._pending: dict[str, _Pending] = {}
         self.draining = False
         self.kv_events = KVEventLog()
         """Prefix-cache events for the router's index (drained from the engine)."""
+        self._kv_events_lock = asyncio.Lock()
+        """Orders drains so a snapshot matches the log's last seq (see collect_kv_events)."""
         self.transfer_logs: list[TransferLog] = []
         """Where this worker's sends and receives are recorded (reported by GetStats)."""
         self.incarnation = secrets.randbits(63) + 1
@@ -295,7 +300,9 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self, request: pb.WorkerStatsRequest, context: grpc.aio.ServicerContext
     ) -> pb.WorkerStats:
         stats = await _guarded(context, self.engine.stats())
-        await _guarded(context, self.collect_kv_events())
+        snapshot = await _guarded(
+            context, self.collect_kv_events(snapshot=request.include_snapshot)
+        )
         since = self.kv_events.since(request.since_event_seq)
         transfers = [t.to_proto() for log in self.transfer_logs for t in log.snapshot()]
         return pb.WorkerStats(
@@ -305,11 +312,28 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             last_event_seq=since.last_seq,
             events_truncated=since.truncated,
             recent_transfers=transfers,
+            cached_block_hashes=snapshot or (),
+            has_snapshot=snapshot is not None,
+            incarnation=self.incarnation,
         )
 
-    async def collect_kv_events(self) -> None:
-        """Move the engine's pending prefix-cache events into the numbered log."""
-        self.kv_events.extend(await self.engine.call(lambda e: e.take_kv_events()))
+    async def collect_kv_events(self, *, snapshot: bool = False) -> list[int] | None:
+        """Move the engine's pending prefix-cache events into the numbered log; with
+        `snapshot`, also return every hash the prefix cache holds as of the log's last seq.
+
+        NOTE: events and snapshot are read in one engine-thread call (nothing changes the
+        pool in between), and the lock keeps another drain from numbering events between
+        that call and this one's `extend`, so the snapshot is exactly the state at
+        `kv_events.last_seq`."""
+
+        def take(e: LLMEngine) -> tuple[list[KVEvent], list[int] | None]:
+            return e.take_kv_events(), (list(e.kv.pool.cached_hashes()) if snapshot else None)
+
+        async with self._kv_events_lock:
+            taken: tuple[list[KVEvent], list[int] | None] = await self.engine.call(take)
+            events, hashes = taken
+            self.kv_events.extend(events)
+        return hashes
 
     async def Drain(
         self, request: pb.DrainRequest, context: grpc.aio.ServicerContext

@@ -95,11 +95,17 @@ async def _start_cluster(
     router_config: RouterConfig,
     engine: EngineConfig,
     faults: dict[str, FaultPlan],
+    labels: Sequence[dict[str, str]] = (),
 ) -> RouterCluster:
     router = await RouterServer.start(router_config)
     workers = []
     for i, role in enumerate(roles):
-        config = WorkerConfig(role=role, router=router.registry_address, worker_id=f"{role}-{i}")
+        config = WorkerConfig(
+            role=role,
+            router=router.registry_address,
+            worker_id=f"{role}-{i}",
+            labels=labels[i] if labels else {},
+        )
         workers.append(
             await WorkerServer.start(engine, config, kv_faults=faults.get(config.worker_id))
         )
@@ -116,9 +122,12 @@ def run_cluster(
     engine: EngineConfig = ENGINE,
     faults: dict[str, FaultPlan] | None = None,
     timeout_s: float = 120.0,
+    labels: Sequence[dict[str, str]] = (),
 ) -> None:
+    """`labels`: each worker's topology labels, in the order of `roles`."""
+
     async def main() -> None:
-        cluster = await _start_cluster(roles, router, engine, faults or {})
+        cluster = await _start_cluster(roles, router, engine, faults or {}, labels)
         try:
             await test(cluster)
         finally:

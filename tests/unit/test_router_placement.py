@@ -1,4 +1,5 @@
-"""Registry and placement v1: table-driven, no I/O."""
+"""Registry, and the least-loaded built-in policy (placement v1's behaviour): table-driven,
+no I/O."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ from dataclasses import replace
 
 import pytest
 
+from kvferry.errors import ConfigError
 from kvferry.services.router.placement import (
-    LeastLoaded,
-    LeastLoadedConfig,
     NoEligibleWorkersError,
-    Placement,
     PlacementRequest,
+    StaticView,
+    build_policy,
+    named_config,
 )
 from kvferry.services.router.registry import (
     DuplicateWorkerError,
@@ -128,15 +130,18 @@ def test_least_loaded_placement(
     exclude: tuple[str, ...],
     expected: tuple[str, str | None] | None,
 ) -> None:
-    policy = LeastLoaded(LeastLoadedConfig(short_prompt_tokens=64))
-    request = PlacementRequest(tokens, frozenset(WorkerId(w) for w in exclude))
+    policy = build_policy(named_config("least-loaded", short_prompt_tokens=64))
+    request = PlacementRequest(tokens, exclude=frozenset(WorkerId(w) for w in exclude))
+    view = StaticView(workers)
     if expected is None:
         with pytest.raises(NoEligibleWorkersError, match="no decode-capable worker"):
-            policy.place(request, workers)
+            policy.place(request, view)
     else:
         decode, prefill = expected
-        assert policy.place(request, workers) == Placement(
-            WorkerId(decode), WorkerId(prefill) if prefill else None
+        placement = policy.place(request, view)
+        assert (placement.decode, placement.prefill) == (
+            WorkerId(decode),
+            WorkerId(prefill) if prefill else None,
         )
 
 
@@ -182,8 +187,8 @@ def test_bad_registration_and_config() -> None:
         reg.register(WorkerInfo(WorkerId(""), D, "x:1", "x:2", "tiny"), WorkerLoad(), 0.0)
     with pytest.raises(ValueError, match="ttl_s"):
         RegistryConfig(ttl_s=0)
-    with pytest.raises(ValueError, match="short_prompt_tokens"):
-        LeastLoadedConfig(short_prompt_tokens=-1)
+    with pytest.raises(ConfigError, match="short_prompt_tokens"):
+        named_config("least-loaded", short_prompt_tokens=-1)
 
 
 def test_a_re_registration_keeps_the_routers_in_flight_count() -> None:
@@ -213,3 +218,22 @@ def test_a_live_worker_id_cannot_be_taken_from_another_address() -> None:
     reg.register(impostor, WorkerLoad(), now=5.5)  # the old one went silent: it moved
     record = reg.get(a.worker_id)
     assert record is not None and record.info.address == "10.0.0.9:1"
+
+
+def test_records_view_is_one_list_until_a_worker_comes_or_goes() -> None:
+    """Placement caches its role pools by this list's identity."""
+    reg = Registry(RegistryConfig(ttl_s=5.0))
+    reg.register(worker("a", D).info, WorkerLoad(), now=0.0)
+    first = reg.records_view()
+    reg.heartbeat(WorkerId("a"), WorkerLoad(num_running=2), 1.0)
+    reg.placed(WorkerId("a"), +1)
+    reg.set_draining(WorkerId("a"))
+    assert reg.records_view() is first and first[0].load.num_running == 2
+    reg.register(worker("b", P).info, WorkerLoad(), now=1.0)
+    second = reg.records_view()
+    assert second is not first and [r.info.worker_id for r in second] == ["a", "b"]
+    reg.remove(WorkerId("b"))
+    third = reg.records_view()
+    assert third is not second and [r.info.worker_id for r in third] == ["a"]
+    assert [r.info.worker_id for r in reg.expire(now=10.0)] == ["a"]
+    assert reg.records_view() == []

@@ -65,7 +65,15 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve the Worker and KVTransfer gRPC services around an engine; on"
         " SIGTERM stop taking requests, finish in-flight ones, and exit.",
     )
-    add_dataclass_args(worker, WorkerConfig)
+    add_dataclass_args(worker, WorkerConfig, skip=("labels",))
+    worker.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="topology label, overriding NVML and the operator (repeatable); KEY is one of"
+        " node, nvlink_domain, rack, zone",
+    )
     add_dataclass_args(worker, EngineConfig)
     worker.set_defaults(func=_worker)
 
@@ -105,6 +113,10 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--target", default="127.0.0.1:50051", help="router HOST:PORT")
     _add_client_args(status)
     status.set_defaults(func=_status)
+
+    from kvferry.sim.cli import add_sim_parser
+
+    add_sim_parser(sub)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=lambda _args: print(_version()) or 0)
@@ -290,7 +302,7 @@ def _status(args: argparse.Namespace) -> int:
     print(_latency_line(status.latency))
     print(
         f"{'WORKER':<16} {'ROLE':<8} {'STATE':<9} {'ADDRESS':<22} {'WAIT':>4} {'RUN':>4}"
-        f" {'INFLT':>5} {'KV FREE/TOTAL':>13} {'HB AGE':>7}  LABELS"
+        f" {'INFLT':>5} {'KV FREE/TOTAL':>13} {'HB AGE':>7}  TOPOLOGY (SOURCE)"
     )
     for w in status.workers:
         role = gen_pb.WorkerRole.Name(w.role).removeprefix("WORKER_ROLE_").lower()
@@ -300,8 +312,10 @@ def _status(args: argparse.Namespace) -> int:
         print(
             f"{w.worker_id:<16} {role:<8} {state:<9} {w.address:<22} {w.load.num_waiting:>4}"
             f" {w.load.num_running:>4} {w.in_flight:>5} {kv:>13}"
-            f" {w.last_heartbeat_age_s:>6.1f}s  {labels}"
+            f" {w.last_heartbeat_age_s:>6.1f}s  {labels} ({w.topology_source or '?'})"
         )
+        if w.topology_detail and "nvml" not in w.topology_source.split("+"):
+            print(f"{'':<16} topology: {w.topology_detail}")  # why NVML told nothing
     if not status.workers:
         print("(no workers registered)")
     return 0
@@ -324,6 +338,11 @@ def _worker(args: argparse.Namespace) -> int:
     from kvferry.services.engine.config import EngineConfig
     from kvferry.services.worker.config import WorkerConfig
     from kvferry.services.worker.main import run
+    from kvferry.services.worker.topology import parse_label_flags
 
-    run(dataclass_from_args(EngineConfig, args), dataclass_from_args(WorkerConfig, args))
+    labels = parse_label_flags(args.label)
+    run(
+        dataclass_from_args(EngineConfig, args),
+        dataclass_from_args(WorkerConfig, args, labels=labels),
+    )
     return 0

@@ -1,7 +1,9 @@
 """The worker's side of the Registry: register, heartbeat, re-register when told to.
 
 Runs as a background task. A router that is down or slow never stops the worker: calls
-carry deadlines and failures are retried with capped backoff.
+carry deadlines and failures are retried with capped backoff. Before each heartbeat it
+asks `refresh` (topology discovery) whether what the worker announces changed; if so it
+registers again, which replaces the router's record of this worker id and address.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Registration:
         load: Callable[[], Awaitable[gen_pb.WorkerLoad]],
         draining: Callable[[], bool],
         *,
+        refresh: Callable[[], Awaitable[bool]] | None = None,
         interval_s: float = 2.0,
         rpc_timeout_s: float = 2.0,
     ) -> None:
@@ -37,6 +40,8 @@ class Registration:
         self.announce = announce
         self.load = load
         self.draining = draining
+        self.refresh = refresh
+        """True when the announcement changed (new topology labels): register again."""
         self.interval_s = interval_s
         self.rpc_timeout_s = rpc_timeout_s
         self.registered = asyncio.Event()
@@ -60,6 +65,13 @@ class Registration:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=self.rpc_timeout_s)
 
+    async def _changed(self) -> bool:
+        # NOTE: a draining worker keeps its record as it is: registering again would
+        # mark it healthy until the next heartbeat, and the router could place work here.
+        if self.refresh is None or self.draining():
+            return False
+        return await self.refresh()
+
     async def _run(self) -> None:
         backoff = 0.1
         async with grpc.aio.insecure_channel(self.router) as channel:
@@ -74,6 +86,10 @@ class Registration:
                             self.interval_s = reply.heartbeat_interval_ms / 1000
                         self.registered.set()
                         log.info("registered with router %s", self.router)
+                    elif await self._changed():
+                        log.info("topology changed; registering again with %s", self.router)
+                        self.registered.clear()
+                        continue
                     else:
                         request = pb.HeartbeatRequest(
                             worker_id=(await self.announce()).worker_id,

@@ -19,9 +19,11 @@ from grpc_reflection.v1alpha import reflection
 from kvferry._proto.kvferry.v1 import generation_pb2 as gen_pb
 from kvferry._proto.kvferry.v1 import kvtransfer_pb2, worker_pb2, worker_pb2_grpc
 from kvferry.services.engine.async_engine import AsyncEngine, EngineDeadError
+from kvferry.services.engine.attention import AttentionBackend
 from kvferry.services.engine.block_hash import HASH_SCHEME_VERSION
 from kvferry.services.engine.config import EngineConfig
 from kvferry.services.engine.engine import LLMEngine
+from kvferry.services.kvtransfer.compression import KVCodec, KVCompression, PackBackend
 from kvferry.services.kvtransfer.config import KVTransferConfig
 from kvferry.services.kvtransfer.factory import TransportKind, make_sender
 from kvferry.services.kvtransfer.faults import FaultPlan
@@ -36,6 +38,7 @@ from .convert import load_to_proto
 from .kv_sink import Admitted, EngineKVSink
 from .registration import Registration
 from .servicer import WorkerServicer
+from .topology_discovery import TopologyDiscovery
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +72,24 @@ class WorkerServer:
         reflection_enabled: bool = True,
         kv_faults: FaultPlan | None = None,
     ) -> WorkerServer:
-        """`kv_faults` corrupts outgoing KV chunks on purpose (tests of the checksum path)."""
-        kv_config = kv_config or KVTransferConfig()
+        """`kv_faults` corrupts outgoing KV chunks on purpose (tests of the checksum path).
+        `kv_config`, when given, must carry `config.kv_compression`."""
+        compression = KVCompression(config.kv_compression)
+        kv_config = kv_config or KVTransferConfig(
+            max_chunk_bytes=config.kv_max_chunk_bytes, compression=compression
+        )
+        if kv_config.compression is not compression:
+            raise ValueError(
+                f"kv_config.compression {kv_config.compression.value!r} contradicts the"
+                f" worker's kv_compression {config.kv_compression!r}"
+            )
         llm_engine = await asyncio.to_thread(LLMEngine, engine_config)
+        # NOTE: KV is packed and compressed with the kernels the engine's attention uses.
+        pack = (
+            PackBackend.TRITON
+            if llm_engine.attention_backend is AttentionBackend.TRITON
+            else PackBackend.TORCH
+        )
         engine = AsyncEngine(llm_engine, max_pending=config.max_pending)
         server = grpc.aio.server(options=kv_config.grpc_options())
         port = server.add_insecure_port(f"{config.host}:{config.port}")
@@ -82,8 +100,14 @@ class WorkerServer:
             config, port=port, worker_id=config.worker_id or f"{config.role}-{address}"
         )
         admitted: dict[str, Admitted] = {}
-        sink = EngineKVSink(engine, llm_engine.cache_layout, admitted, asyncio.get_running_loop())
-        sender = make_sender(TransportKind.GRPC, kv_config, faults=kv_faults)
+        sink = EngineKVSink(
+            engine,
+            llm_engine.cache_layout,
+            admitted,
+            asyncio.get_running_loop(),
+            KVCodec(kv_config.compression, pack),
+        )
+        sender = make_sender(TransportKind.GRPC, kv_config, faults=kv_faults, pack_backend=pack)
         servicer = WorkerServicer(engine, sender, config, address, admitted)
         worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
         receiver = KVTransferServicer(sink, kv_config)
@@ -140,6 +164,7 @@ def _registration(
     config: WorkerConfig, servicer: WorkerServicer, engine: AsyncEngine, address: str
 ) -> Registration:
     llm = engine.engine
+    topology = TopologyDiscovery.start(config, llm.device)
 
     async def load() -> gen_pb.WorkerLoad:
         return load_to_proto(await engine.stats())
@@ -160,6 +185,9 @@ def _registration(
             block_hash_scheme=HASH_SCHEME_VERSION,
             load=await load(),
             incarnation=servicer.incarnation,
+            labels=topology.current.labels,
+            topology_source=topology.current.source,
+            topology_detail=topology.current.detail,
         )
 
     return Registration(
@@ -167,5 +195,6 @@ def _registration(
         announce,
         load,
         lambda: servicer.draining,
+        refresh=topology.refresh_async,
         interval_s=config.heartbeat_interval_s,
     )

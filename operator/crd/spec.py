@@ -31,6 +31,8 @@ class Pairing(enum.StrEnum):
 
 class Compression(enum.StrEnum):
     NONE = "none"
+    FP8 = "fp8"
+    """e4m3 with a scale per block and head: half the bytes of a bf16 cache, lossy."""
 
 
 class Role(enum.StrEnum):

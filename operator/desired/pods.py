@@ -141,6 +141,8 @@ ENGINE_FLAGS: dict[str, str] = {
     "KVFERRY_MAX_NUM_SEQS": "--max-num-seqs",
     "KVFERRY_MAX_NUM_BATCHED_TOKENS": "--max-num-batched-tokens",
     "KVFERRY_GPU_MEMORY_UTILIZATION": "--gpu-memory-utilization",
+    "KVFERRY_KV_MAX_CHUNK_BYTES": "--kv-max-chunk-bytes",
+    "KVFERRY_KV_COMPRESSION": "--kv-compression",
 }
 """ConfigMap keys that become worker flags (`--flag=$(KEY)`, expanded by the kubelet)."""
 

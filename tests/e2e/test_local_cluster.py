@@ -73,7 +73,7 @@ async def _run_and_kill(
             if ready(progress, in_flight) or all(t.done() for t in tasks):
                 break
             await asyncio.sleep(0.002)
-        assert max(progress) < LONG.max_tokens, "too late: nothing was in flight"
+        assert not all(t.done() for t in tasks), "too late: nothing was in flight"
         assert ready(progress, in_flight), "timed out waiting for the streams"
         cluster.kill(victim)
         return await asyncio.wait_for(asyncio.gather(*tasks), timeout=90)
@@ -89,7 +89,9 @@ def test_prefill_worker_killed_mid_request(tmp_path: Path, reference: list[list[
 
 def test_decode_worker_killed_mid_stream(tmp_path: Path, reference: list[list[int]]) -> None:
     with _cluster(tmp_path, prefill=1, decode=2) as cluster:
-        results = asyncio.run(_run_and_kill(cluster.address, cluster, "decode-0", _all_streaming))
+        results = asyncio.run(
+            _run_and_kill(cluster.address, cluster, "decode-0", _decode0_streaming)
+        )
         assert results == reference  # re-admitted on decode-1: no token lost or repeated
         assert "decode-0" in _router_log(cluster)
         cluster.kill("decode-1")
@@ -113,8 +115,10 @@ def _prefills_running(progress: list[int], in_flight: dict[str, int]) -> bool:
     return in_flight.get("prefill-0", 0) >= 2
 
 
-def _all_streaming(progress: list[int], in_flight: dict[str, int]) -> bool:
-    return min(progress) >= 3
+def _decode0_streaming(progress: list[int], in_flight: dict[str, int]) -> bool:
+    """decode-0 holds several requests and tokens are flowing (placement may spread the
+    streams over both decode workers, so only decode-0's own count matters)."""
+    return in_flight.get("decode-0", 0) >= 2 and max(progress) >= 3
 
 
 def _router_log(cluster: LocalCluster) -> str:

@@ -149,3 +149,18 @@ def test_pool_replicas(
     assert objs["WorkerPool/demo-prefill"]["metadata"]["annotations"] == {
         "kvferry.io/seed-replicas": str(spec_replicas)
     }
+
+
+def test_workers_get_the_kv_transfer_settings_and_their_podinfo() -> None:
+    s = spec(kvTransfer={"maxChunkBytes": 1 << 20, "compression": "fp8"})
+    objs = by_key(desired(ref(), s, OBS))
+    config = next(o for o in objs.values() if o["kind"] == "ConfigMap")["data"]
+    assert (config["KVFERRY_KV_MAX_CHUNK_BYTES"], config["KVFERRY_KV_COMPRESSION"]) == (
+        str(1 << 20),
+        "fp8",
+    )
+    for role in ("prefill", "decode"):
+        args = pod_spec(objs, f"demo-{role}")["containers"][0]["args"]
+        assert "--kv-max-chunk-bytes=$(KVFERRY_KV_MAX_CHUNK_BYTES)" in args
+        assert "--kv-compression=$(KVFERRY_KV_COMPRESSION)" in args
+        assert "--podinfo-dir=/etc/kvferry/podinfo" in args

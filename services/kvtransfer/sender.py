@@ -89,8 +89,9 @@ class ChunkSender(ABC):
         queue: asyncio.Queue[_Encoded] = asyncio.Queue(maxsize=_ENCODE_AHEAD)
         failed: list[Exception] = []
         producer = asyncio.create_task(self._encode(slabs, request_id, queue, failed))
+        waited = _Stopwatch(self.clock)
         try:
-            first = self._first_pass(queue, sent, request_id, first_token_id)
+            first = self._first_pass(queue, sent, request_id, first_token_id, waited)
             try:
                 result = await self._send(endpoint, first, deadline_s)
             finally:
@@ -106,15 +107,17 @@ class ChunkSender(ABC):
             producer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await producer
+        seconds = self.clock() - start
         stats = TransferStats(
             request_id=request_id,
             direction=TransferDirection.SEND,
             peer=endpoint,
             bytes=sum(c.payload_len for c in sent.values()),
             chunks=len(sent),
-            seconds=self.clock() - start,
+            seconds=seconds,
             resent_chunks=resent,
             status=result.status,
+            wire_seconds=max(seconds - waited.total, 0.0),
         )
         self.transfers.record(stats)
         _raise_for_status(result, endpoint, request_id)
@@ -162,8 +165,15 @@ class ChunkSender(ABC):
         sent: dict[int, WireChunk],
         request_id: str,
         first_token_id: int | None,
+        waited: _Stopwatch,
     ) -> AsyncGenerator[WireChunk, None]:
-        while (item := await queue.get()) is not None:
+        while True:
+            # NOTE: time spent here is the link idle for want of KV (the prefill's next
+            # layer, or its encoding): it is not the link's time (`wire_seconds`).
+            with waited:
+                item = await queue.get()
+            if item is None:
+                break
             if isinstance(item, Exception):
                 raise TransferRejectedError(f"encoding KV of {request_id!r} failed") from item
             for chunk in item:
@@ -212,6 +222,21 @@ class ChunkSender(ABC):
                 f" verification at {endpoint} after a resend: {retried.detail}"
             )
         return retried
+
+
+class _Stopwatch:
+    """Sums the time spent inside `with stopwatch:` blocks."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.total = 0.0
+        self._since = 0.0
+
+    def __enter__(self) -> None:
+        self._since = self.clock()
+
+    def __exit__(self, *exc: object) -> None:
+        self.total += self.clock() - self._since
 
 
 async def _aiter(slabs: AsyncIterator[KVSlab] | Iterable[KVSlab]) -> AsyncIterator[KVSlab]:

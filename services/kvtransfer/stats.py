@@ -33,6 +33,9 @@ class TransferStats:
     """From the first chunk to the receiver's answer (resends included)."""
     resent_chunks: int = 0
     status: PushStatus = PushStatus.OK
+    wire_seconds: float = 0.0
+    """Of `seconds`, the time the link had KV to carry (send only): not counting the waits
+    for the KV to be produced and encoded. 0 = not measured."""
 
     @property
     def gbps(self) -> float:
@@ -49,6 +52,7 @@ class TransferStats:
             resent_chunks=self.resent_chunks,
             seconds=self.seconds,
             status=self.status.value,
+            wire_seconds=self.wire_seconds,
         )
 
 

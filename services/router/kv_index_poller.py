@@ -167,4 +167,7 @@ class KVIndexPoller:
             if dst is None or not seen.first_time(f"{t.request_id}>{t.peer}"):
                 continue
             tier = tier_between(src.info.labels, dst.info.labels)
-            self.bandwidth.observe(src.info.worker_id, dst.info.worker_id, t.bytes, t.seconds, tier)
+            # NOTE: the link's time, not the whole push's (which waits on the prefill);
+            # a sender that does not measure it reports 0 (see placement/bandwidth.py).
+            seconds = t.wire_seconds if t.wire_seconds > 0 else t.seconds
+            self.bandwidth.observe(src.info.worker_id, dst.info.worker_id, t.bytes, seconds, tier)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
+import pytest
 
 from kvferry import SamplingParams
 from kvferry._proto.kvferry.v1 import kvtransfer_pb2 as kv_pb
@@ -135,7 +136,17 @@ def test_the_router_index_follows_the_workers_and_measures_pairs(tmp_path: Path)
         assert hits.get(WorkerId("decode-1")) == len(hashes)  # the KV it received is cached
         pairs = cluster.router.poller.bandwidth.pairs()  # type: ignore[union-attr]
         assert set(pairs) == {(WorkerId("prefill-0"), WorkerId("decode-1"))}
-        assert pairs[(WorkerId("prefill-0"), WorkerId("decode-1"))].bytes_per_s > 0
+        # what the pair learned is the push's wire time, not its whole duration
+        async with grpc.aio.insecure_channel(cluster.role("prefill")[0].address) as channel:
+            stats = await pb_grpc.WorkerStub(channel).GetStats(pb.WorkerStatsRequest(), timeout=5)
+        (push,) = [
+            t
+            for t in stats.recent_transfers
+            if t.direction == kv_pb.TRANSFER_DIRECTION_SEND and t.bytes > 0
+        ]
+        assert 0 < push.wire_seconds <= push.seconds
+        learned = pairs[(WorkerId("prefill-0"), WorkerId("decode-1"))].bytes_per_s
+        assert learned == pytest.approx(push.bytes / push.wire_seconds)
         # a restarted incarnation (as if the worker came back empty) is noticed and resynced
         decode = cluster.role("decode")[0]
         before = index.sync_state(WorkerId("decode-1"))

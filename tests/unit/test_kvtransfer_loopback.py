@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
@@ -80,6 +81,36 @@ def test_push_delivers_identical_tensors_and_completes() -> None:
     assert sender.transfers.snapshot() == [stats]
     (received,) = sender.received.snapshot()
     assert (received.chunks, received.bytes) == (8, LAYERS * 1536)
+
+
+def test_wire_seconds_leave_out_the_wait_for_kv() -> None:
+    """A push that waits on a slow prefill: its duration includes the waits, its wire time
+    does not (what the router's bandwidth table learns)."""
+    sender = LoopbackTransport({EP: RecordingSink()}, CONFIG)
+
+    async def slow_prefill() -> AsyncIterator[KVSlab]:
+        for slab in layer_slabs():
+            await asyncio.sleep(0.15)  # the layer is still computing
+            yield slab
+
+    stats = run(sender.push(EP, "r", slow_prefill(), deadline_s=5))
+    assert stats.seconds >= 0.6
+    assert 0 <= stats.wire_seconds < stats.seconds - 0.5
+    assert stats.to_proto().wire_seconds == stats.wire_seconds
+
+
+def test_wire_seconds_count_a_busy_link() -> None:
+    """KV ready up front on a slow link: the push's time is the link's."""
+
+    class SlowLink(RecordingSink):
+        def accept(self, slab: KVSlab) -> None:
+            time.sleep(0.1)  # the receiving end of a busy link
+            super().accept(slab)
+
+    sender = LoopbackTransport({EP: SlowLink()}, CONFIG)
+    stats = run(sender.push(EP, "r", layer_slabs(), deadline_s=5))
+    assert stats.wire_seconds >= 0.1 * stats.chunks - 0.01
+    assert stats.wire_seconds <= stats.seconds
 
 
 def test_layers_then_first_token_in_a_second_push() -> None:

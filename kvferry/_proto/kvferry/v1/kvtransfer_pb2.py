@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bkvferry/v1/kvtransfer.proto\x12\nkvferry.v1\"\xac\x01\n\x08KVLayout\x12\x12\n\nblock_size\x18\x01 \x01(\r\x12\x12\n\nnum_layers\x18\x02 \x01(\r\x12\x14\n\x0cnum_kv_heads\x18\x03 \x01(\r\x12\x10\n\x08head_dim\x18\x04 \x01(\r\x12 \n\x05\x64type\x18\x05 \x01(\x0e\x32\x11.kvferry.v1.DType\x12.\n\x0b\x63ompression\x18\x06 \x01(\x0e\x32\x19.kvferry.v1.KVCompression\"\xa1\x02\n\x07KVChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\r\x12\x13\n\x0blayer_start\x18\x03 \x01(\r\x12\x11\n\tlayer_end\x18\x04 \x01(\r\x12\x17\n\x0f\x62lock_positions\x18\x05 \x03(\r\x12 \n\x05\x64type\x18\x06 \x01(\x0e\x32\x11.kvferry.v1.DType\x12\r\n\x05shape\x18\x07 \x03(\r\x12\x0f\n\x07payload\x18\x08 \x01(\x0c\x12\x0e\n\x06\x63rc32c\x18\t \x01(\x07\x12\"\n\x03\x65nd\x18\n \x01(\x0b\x32\x15.kvferry.v1.KVPushEnd\x12.\n\x0b\x63ompression\x18\x0b \x01(\x0e\x32\x19.kvferry.v1.KVCompression\x12\x0e\n\x06scales\x18\x0c \x01(\x0c\"Q\n\tKVPushEnd\x12\x14\n\x0ctotal_chunks\x18\x01 \x01(\r\x12\x1b\n\x0e\x66irst_token_id\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\x11\n\x0f_first_token_id\"\xa3\x01\n\x0ePushKVResponse\x12&\n\x06status\x18\x01 \x01(\x0e\x32\x16.kvferry.v1.PushStatus\x12\x17\n\x0f\x61\x63\x63\x65pted_chunks\x18\x02 \x01(\r\x12\x16\n\x0e\x61\x63\x63\x65pted_bytes\x18\x03 \x01(\x04\x12\x15\n\rrejected_seqs\x18\x04 \x03(\r\x12\x11\n\tcompleted\x18\x05 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"\xd3\x01\n\x0eTransferRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\tdirection\x18\x02 \x01(\x0e\x32\x1d.kvferry.v1.TransferDirection\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\r\n\x05\x62ytes\x18\x04 \x01(\x04\x12\x0e\n\x06\x63hunks\x18\x05 \x01(\r\x12\x15\n\rresent_chunks\x18\x06 \x01(\r\x12\x0f\n\x07seconds\x18\x07 \x01(\x01\x12&\n\x06status\x18\x08 \x01(\x0e\x32\x16.kvferry.v1.PushStatus*o\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x15\n\x11\x44TYPE_FLOAT8_E4M3\x10\x04*E\n\rKVCompression\x12\x17\n\x13KV_COMPRESSION_NONE\x10\x00\x12\x1b\n\x17KV_COMPRESSION_FP8_E4M3\x10\x01*\xad\x01\n\nPushStatus\x12\x1b\n\x17PUSH_STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0ePUSH_STATUS_OK\x10\x01\x12\x17\n\x13PUSH_STATUS_CORRUPT\x10\x02\x12\x1f\n\x1bPUSH_STATUS_UNKNOWN_REQUEST\x10\x03\x12\x18\n\x14PUSH_STATUS_REJECTED\x10\x04\x12\x1a\n\x16PUSH_STATUS_INCOMPLETE\x10\x05*t\n\x11TransferDirection\x12\"\n\x1eTRANSFER_DIRECTION_UNSPECIFIED\x10\x00\x12\x1b\n\x17TRANSFER_DIRECTION_SEND\x10\x01\x12\x1e\n\x1aTRANSFER_DIRECTION_RECEIVE\x10\x02\x32I\n\nKVTransfer\x12;\n\x06PushKV\x12\x13.kvferry.v1.KVChunk\x1a\x1a.kvferry.v1.PushKVResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bkvferry/v1/kvtransfer.proto\x12\nkvferry.v1\"\xac\x01\n\x08KVLayout\x12\x12\n\nblock_size\x18\x01 \x01(\r\x12\x12\n\nnum_layers\x18\x02 \x01(\r\x12\x14\n\x0cnum_kv_heads\x18\x03 \x01(\r\x12\x10\n\x08head_dim\x18\x04 \x01(\r\x12 \n\x05\x64type\x18\x05 \x01(\x0e\x32\x11.kvferry.v1.DType\x12.\n\x0b\x63ompression\x18\x06 \x01(\x0e\x32\x19.kvferry.v1.KVCompression\"\xa1\x02\n\x07KVChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\r\x12\x13\n\x0blayer_start\x18\x03 \x01(\r\x12\x11\n\tlayer_end\x18\x04 \x01(\r\x12\x17\n\x0f\x62lock_positions\x18\x05 \x03(\r\x12 \n\x05\x64type\x18\x06 \x01(\x0e\x32\x11.kvferry.v1.DType\x12\r\n\x05shape\x18\x07 \x03(\r\x12\x0f\n\x07payload\x18\x08 \x01(\x0c\x12\x0e\n\x06\x63rc32c\x18\t \x01(\x07\x12\"\n\x03\x65nd\x18\n \x01(\x0b\x32\x15.kvferry.v1.KVPushEnd\x12.\n\x0b\x63ompression\x18\x0b \x01(\x0e\x32\x19.kvferry.v1.KVCompression\x12\x0e\n\x06scales\x18\x0c \x01(\x0c\"Q\n\tKVPushEnd\x12\x14\n\x0ctotal_chunks\x18\x01 \x01(\r\x12\x1b\n\x0e\x66irst_token_id\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\x11\n\x0f_first_token_id\"\xa3\x01\n\x0ePushKVResponse\x12&\n\x06status\x18\x01 \x01(\x0e\x32\x16.kvferry.v1.PushStatus\x12\x17\n\x0f\x61\x63\x63\x65pted_chunks\x18\x02 \x01(\r\x12\x16\n\x0e\x61\x63\x63\x65pted_bytes\x18\x03 \x01(\x04\x12\x15\n\rrejected_seqs\x18\x04 \x03(\r\x12\x11\n\tcompleted\x18\x05 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"\xe9\x01\n\x0eTransferRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\tdirection\x18\x02 \x01(\x0e\x32\x1d.kvferry.v1.TransferDirection\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\r\n\x05\x62ytes\x18\x04 \x01(\x04\x12\x0e\n\x06\x63hunks\x18\x05 \x01(\r\x12\x15\n\rresent_chunks\x18\x06 \x01(\r\x12\x0f\n\x07seconds\x18\x07 \x01(\x01\x12&\n\x06status\x18\x08 \x01(\x0e\x32\x16.kvferry.v1.PushStatus\x12\x14\n\x0cwire_seconds\x18\t \x01(\x01*o\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x15\n\x11\x44TYPE_FLOAT8_E4M3\x10\x04*E\n\rKVCompression\x12\x17\n\x13KV_COMPRESSION_NONE\x10\x00\x12\x1b\n\x17KV_COMPRESSION_FP8_E4M3\x10\x01*\xad\x01\n\nPushStatus\x12\x1b\n\x17PUSH_STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0ePUSH_STATUS_OK\x10\x01\x12\x17\n\x13PUSH_STATUS_CORRUPT\x10\x02\x12\x1f\n\x1bPUSH_STATUS_UNKNOWN_REQUEST\x10\x03\x12\x18\n\x14PUSH_STATUS_REJECTED\x10\x04\x12\x1a\n\x16PUSH_STATUS_INCOMPLETE\x10\x05*t\n\x11TransferDirection\x12\"\n\x1eTRANSFER_DIRECTION_UNSPECIFIED\x10\x00\x12\x1b\n\x17TRANSFER_DIRECTION_SEND\x10\x01\x12\x1e\n\x1aTRANSFER_DIRECTION_RECEIVE\x10\x02\x32I\n\nKVTransfer\x12;\n\x06PushKV\x12\x13.kvferry.v1.KVChunk\x1a\x1a.kvferry.v1.PushKVResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kvferry._proto.kvferry.v1.kvtransfer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=973
-  _globals['_DTYPE']._serialized_end=1084
-  _globals['_KVCOMPRESSION']._serialized_start=1086
-  _globals['_KVCOMPRESSION']._serialized_end=1155
-  _globals['_PUSHSTATUS']._serialized_start=1158
-  _globals['_PUSHSTATUS']._serialized_end=1331
-  _globals['_TRANSFERDIRECTION']._serialized_start=1333
-  _globals['_TRANSFERDIRECTION']._serialized_end=1449
+  _globals['_DTYPE']._serialized_start=995
+  _globals['_DTYPE']._serialized_end=1106
+  _globals['_KVCOMPRESSION']._serialized_start=1108
+  _globals['_KVCOMPRESSION']._serialized_end=1177
+  _globals['_PUSHSTATUS']._serialized_start=1180
+  _globals['_PUSHSTATUS']._serialized_end=1353
+  _globals['_TRANSFERDIRECTION']._serialized_start=1355
+  _globals['_TRANSFERDIRECTION']._serialized_end=1471
   _globals['_KVLAYOUT']._serialized_start=44
   _globals['_KVLAYOUT']._serialized_end=216
   _globals['_KVCHUNK']._serialized_start=219
@@ -48,7 +48,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUSHKVRESPONSE']._serialized_start=594
   _globals['_PUSHKVRESPONSE']._serialized_end=757
   _globals['_TRANSFERRECORD']._serialized_start=760
-  _globals['_TRANSFERRECORD']._serialized_end=971
-  _globals['_KVTRANSFER']._serialized_start=1451
-  _globals['_KVTRANSFER']._serialized_end=1524
+  _globals['_TRANSFERRECORD']._serialized_end=993
+  _globals['_KVTRANSFER']._serialized_start=1473
+  _globals['_KVTRANSFER']._serialized_end=1546
 # @@protoc_insertion_point(module_scope)

@@ -120,7 +120,7 @@ class PushKVResponse(_message.Message):
     def __init__(self, status: _Optional[_Union[PushStatus, str]] = ..., accepted_chunks: _Optional[int] = ..., accepted_bytes: _Optional[int] = ..., rejected_seqs: _Optional[_Iterable[int]] = ..., completed: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class TransferRecord(_message.Message):
-    __slots__ = ("request_id", "direction", "peer", "bytes", "chunks", "resent_chunks", "seconds", "status")
+    __slots__ = ("request_id", "direction", "peer", "bytes", "chunks", "resent_chunks", "seconds", "status", "wire_seconds")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +129,7 @@ class TransferRecord(_message.Message):
     RESENT_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    WIRE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     direction: TransferDirection
     peer: str
@@ -137,4 +138,5 @@ class TransferRecord(_message.Message):
     resent_chunks: int
     seconds: float
     status: PushStatus
-    def __init__(self, request_id: _Optional[str] = ..., direction: _Optional[_Union[TransferDirection, str]] = ..., peer: _Optional[str] = ..., bytes: _Optional[int] = ..., chunks: _Optional[int] = ..., resent_chunks: _Optional[int] = ..., seconds: _Optional[float] = ..., status: _Optional[_Union[PushStatus, str]] = ...) -> None: ...
+    wire_seconds: float
+    def __init__(self, request_id: _Optional[str] = ..., direction: _Optional[_Union[TransferDirection, str]] = ..., peer: _Optional[str] = ..., bytes: _Optional[int] = ..., chunks: _Optional[int] = ..., resent_chunks: _Optional[int] = ..., seconds: _Optional[float] = ..., status: _Optional[_Union[PushStatus, str]] = ..., wire_seconds: _Optional[float] = ...) -> None: ...

@@ -37,7 +37,7 @@ from kvferry.operator.crd.status import Reason
 from kvferry.operator.crd.workerpool import WorkerPoolSpec
 from kvferry.operator.desired import naming
 from kvferry.operator.desired.naming import ClusterRef
-from kvferry.operator.desired.objects import Observed, ObservedPool, clamp, desired
+from kvferry.operator.desired.objects import Observed, ObservedPool, clamp, desired, parse_spec
 from kvferry.operator.metrics import ClusterSample, MetricsSource
 from kvferry.operator.planner import PoolBounds, PoolHistory, PoolObservation, plan
 from kvferry.operator.settings import OperatorConfig
@@ -147,7 +147,7 @@ def register(
         c = _ref(body)
         previous = list(status.get("conditions") or [])
         try:
-            parsed = parse(InferenceClusterSpec, dict(spec), "spec")
+            parsed = parse_spec(spec)
         except SpecError as exc:
             _set_status(
                 patch,
@@ -182,7 +182,7 @@ def register(
         api: KubeApi = memo["api"]
         c = _ref(body)
         try:
-            parsed = parse(InferenceClusterSpec, dict(spec), "spec")
+            parsed = parse_spec(spec)
         except SpecError:
             return  # reported by reconcile_cluster
         sample = await metrics.sample(c, parsed)

@@ -35,6 +35,16 @@ class Compression(enum.StrEnum):
     """e4m3 with a scale per block and head: half the bytes of a bf16 cache, lossy."""
 
 
+class PlacementPolicy(enum.StrEnum):
+    """The router's built-in placement policies (docs/placement.md)."""
+
+    KVFERRY = "kvferry"
+    CACHE_AWARE = "cache-aware"
+    LEAST_LOADED = "least-loaded"
+    RANDOM = "random"
+    ROUND_ROBIN = "round-robin"
+
+
 class Role(enum.StrEnum):
     PREFILL = "prefill"
     DECODE = "decode"
@@ -138,6 +148,21 @@ class ResourceRequirements:
 
 
 @dataclass(frozen=True, slots=True)
+class PlacementSpec:
+    """How the router pairs prefill and decode workers (docs/placement.md)."""
+
+    policy: PlacementPolicy = crd_field(
+        "Built-in policy the pipeline starts from.", default=PlacementPolicy.KVFERRY
+    )
+    config: JsonObject | None = crd_field(
+        "Keys of a placement config file applied over the policy (candidates, shortlist, "
+        "filters, scorers, picker, transfer, ...: docs/placement.md); the operator checks "
+        "them with the router's own parser.",
+        default=None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class RouterSpec:
     """The client-facing router."""
 
@@ -160,6 +185,10 @@ class RouterSpec:
         "Service type of the router Service.",
         default="ClusterIP",
         pattern="^(ClusterIP|NodePort|LoadBalancer)$",
+    )
+    placement: PlacementSpec = crd_field(
+        "Placement: which prefill and decode worker serve each request.",
+        default_factory=PlacementSpec,
     )
 
 

@@ -48,6 +48,10 @@ def config_name(c: ClusterRef) -> str:
     return f"{c.name}-config"
 
 
+def placement_config_name(c: ClusterRef) -> str:
+    return f"{c.name}-placement"
+
+
 def pool_name(c: ClusterRef, role: Role) -> str:
     """Name of the pool's WorkerPool, Deployment, headless Service and PDB."""
     return f"{c.name}-{role.value}"

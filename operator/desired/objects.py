@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvferry import topology
+from kvferry.operator.crd.schema import parse
 from kvferry.operator.crd.spec import API_VERSION, InferenceClusterSpec, PoolSpec, Role
-from kvferry.operator.desired import naming, pods
+from kvferry.operator.desired import naming, placement, pods
 from kvferry.operator.desired.naming import ClusterRef
 
 
@@ -36,6 +37,14 @@ class Observed:
     image: str
     """The image to run when the spec names none (the operator's own version)."""
     pools: Mapping[Role, ObservedPool] = field(default_factory=dict)
+
+
+def parse_spec(data: Mapping[str, Any]) -> InferenceClusterSpec:
+    """A resource's spec, checked against the schema (what the API server also checks)
+    and against the components' own parsers (the router's placement file)."""
+    spec = parse(InferenceClusterSpec, dict(data), "spec")
+    placement.placement_data(spec)
+    return spec
 
 
 def pool_replicas(pool: PoolSpec, observed: ObservedPool | None) -> int:
@@ -87,6 +96,7 @@ def desired(c: ClusterRef, spec: InferenceClusterSpec, observed: Observed) -> li
     image = spec.image or observed.image
     config = engine_config(spec)
     digest = config_hash(config)
+    routing = {placement.FILE: placement.placement_file(spec)}
     objects: list[dict[str, Any]] = [
         {
             "apiVersion": "v1",
@@ -94,16 +104,26 @@ def desired(c: ClusterRef, spec: InferenceClusterSpec, observed: Observed) -> li
             "metadata": naming.metadata(c, naming.config_name(c), "config"),
             "data": config,
         },
-        *_router_objects(c, spec, image),
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": naming.metadata(c, naming.placement_config_name(c), "config"),
+            "data": routing,
+        },
+        *_router_objects(c, spec, image, config_hash(routing)),
     ]
     for role in Role:
         objects += _pool_objects(c, spec, role, image, config, digest, observed.pools.get(role))
     return objects
 
 
-def _router_objects(c: ClusterRef, spec: InferenceClusterSpec, image: str) -> list[dict[str, Any]]:
+def _router_objects(
+    c: ClusterRef, spec: InferenceClusterSpec, image: str, digest: str
+) -> list[dict[str, Any]]:
     ports = spec.router.ports
     template = pods.router_pod(c, spec, image)
+    # NOTE: the router reads its placement file once: a changed file rolls it.
+    template["metadata"]["annotations"] = {naming.CONFIG_HASH_ANNOTATION: digest}
     service_ports = [
         {"name": name, "port": port, "targetPort": name, "protocol": "TCP", "appProtocol": proto}
         for name, port, proto in (

@@ -8,7 +8,7 @@ from typing import Any
 
 from kvferry.operator.crd.schema import to_json
 from kvferry.operator.crd.spec import InferenceClusterSpec, Pairing, PoolSpec, Role, TopologySpec
-from kvferry.operator.desired import naming
+from kvferry.operator.desired import naming, placement
 from kvferry.operator.desired.naming import ClusterRef
 
 RUN_AS = 10001
@@ -16,6 +16,7 @@ MODEL_MOUNT = "/models"
 PODINFO_MOUNT = "/etc/kvferry/podinfo"
 TLS_MOUNT = "/etc/kvferry/tls"
 AUTH_MOUNT = "/etc/kvferry/auth"
+PLACEMENT_MOUNT = "/etc/kvferry/placement"
 WORKER_GRACE_S = 60
 """Workers drain on SIGTERM for up to 30 s (services/worker/main.py), plus margin."""
 
@@ -91,8 +92,11 @@ def router_pod(c: ClusterRef, spec: InferenceClusterSpec, image: str) -> dict[st
         f"--registry-port={ports.registry}",
         f"--metrics-port={ports.metrics}",
         f"--model={model_arg(spec)}",
+        f"--placement-config={PLACEMENT_MOUNT}/{placement.FILE}",
     ]
     volumes, mounts = _base_volumes(spec)
+    volumes.append({"name": "placement", "configMap": {"name": naming.placement_config_name(c)}})
+    mounts.append({"name": "placement", "mountPath": PLACEMENT_MOUNT, "readOnly": True})
     if spec.router.tls_secret_name:
         volumes.append({"name": "tls", "secret": {"secretName": spec.router.tls_secret_name}})
         mounts.append({"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True})

@@ -11,6 +11,7 @@ import pytest
 
 from kvferry.operator.crd.schema import SpecError, parse
 from kvferry.operator.crd.spec import InferenceClusterSpec
+from kvferry.operator.desired.objects import parse_spec
 from tests.deploy.chart import CI_VALUES, crd_schema, is_custom, render
 
 ENABLED = ("exampleCluster.enabled=true",)
@@ -28,7 +29,7 @@ def test_example_is_accepted(ci: bool) -> None:
     assert (cluster["apiVersion"], cluster["kind"]) == ("kvferry.io/v1alpha1", "InferenceCluster")
     assert cluster["metadata"]["namespace"] == "kvferry-system"
     jsonschema.validate(cluster, crd_schema("InferenceCluster"))
-    parse(InferenceClusterSpec, cluster["spec"], "spec")
+    parse_spec(cluster["spec"])  # the schema's rules and the router's placement parser
 
 
 def test_ci_example_is_a_gpu_cluster() -> None:
@@ -37,6 +38,7 @@ def test_ci_example_is_a_gpu_cluster() -> None:
     assert str(spec.decode.resources.limits["nvidia.com/gpu"]) == "1"
     assert spec.model.source.pvc is not None and spec.model.source.pvc.claim_name == "models"
     assert spec.objectives is not None and spec.objectives.ttft_ms == 500
+    assert spec.router.placement.config == {"candidates": 16, "shortlist": 3}
 
 
 SCHEMA_INVALID: list[tuple[str, str]] = [
@@ -44,6 +46,7 @@ SCHEMA_INVALID: list[tuple[str, str]] = [
     ("unknown dtype", "exampleCluster.spec.model.dtype=fp8"),
     ("bad pairing", "exampleCluster.spec.topology.pairing=sometimes"),
     ("two routers", "exampleCluster.spec.router.replicas=2"),
+    ("unknown placement policy", "exampleCluster.spec.router.placement.policy=fastest"),
     ("zero objective", "exampleCluster.spec.objectives.ttftMs=0"),
 ]
 

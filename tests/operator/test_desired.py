@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from kvferry.operator.crd.spec import Role
-from kvferry.operator.desired.objects import Observed, ObservedPool, desired, pool_replicas
+from kvferry.operator.crd.schema import SpecError
+from kvferry.operator.crd.spec import PlacementPolicy, Role
+from kvferry.operator.desired.objects import (
+    Observed,
+    ObservedPool,
+    desired,
+    parse_spec,
+    pool_replicas,
+)
 from kvferry.operator.desired.pods import CONTAINER_SECURITY
-from tests.operator.factories import ref, spec
+from kvferry.services.router.placement import PlacementConfig
+from kvferry.services.router.placement.builtin import BUILTIN, load_config
+from tests.operator.factories import ref, spec, spec_dict
 
 OBS = Observed(image="kvferry:1")
 
@@ -26,6 +38,7 @@ def test_children_and_their_order() -> None:
     objs = desired(ref(), spec(), OBS)
     assert [f"{o['kind']}/{o['metadata']['name']}" for o in objs] == [
         "ConfigMap/demo-config",
+        "ConfigMap/demo-placement",
         "Deployment/demo-router",
         "Service/demo-router",
         "WorkerPool/demo-prefill",
@@ -164,3 +177,73 @@ def test_workers_get_the_kv_transfer_settings_and_their_podinfo() -> None:
         assert "--kv-max-chunk-bytes=$(KVFERRY_KV_MAX_CHUNK_BYTES)" in args
         assert "--kv-compression=$(KVFERRY_KV_COMPRESSION)" in args
         assert "--podinfo-dir=/etc/kvferry/podinfo" in args
+
+
+def test_router_reads_its_placement_from_a_configmap_and_rolls_when_it_changes() -> None:
+    default = by_key(desired(ref(), spec(), OBS))
+    text = default["ConfigMap/demo-placement"]["data"]["placement.yaml"]
+    assert yaml.safe_load(text) == {"policy": "kvferry"}
+    router = pod_spec(default, "demo-router")
+    assert (
+        "--placement-config=/etc/kvferry/placement/placement.yaml"
+        in (router["containers"][0]["args"])
+    )
+    assert {"name": "placement", "configMap": {"name": "demo-placement"}} in router["volumes"]
+    mounts = router["containers"][0]["volumeMounts"]
+    assert {"name": "placement", "mountPath": "/etc/kvferry/placement", "readOnly": True} in mounts
+
+    tuned = {"policy": "cache-aware", "config": {"candidates": 16, "transfer": {"ewma_alpha": 0.5}}}
+    changed = by_key(desired(ref(), spec(router={"placement": tuned}), OBS))
+    data = yaml.safe_load(changed["ConfigMap/demo-placement"]["data"]["placement.yaml"])
+    assert data == {"policy": "cache-aware", "candidates": 16, "transfer": {"ewma_alpha": 0.5}}
+    # the router's own loader reads what the operator wrote
+    policy = load_config_text(changed["ConfigMap/demo-placement"]["data"]["placement.yaml"])
+    assert (policy.name, policy.candidates, policy.transfer.ewma_alpha) == ("cache-aware", 16, 0.5)
+
+    def digest(objs: dict[str, dict[str, Any]]) -> str:
+        meta = objs["Deployment/demo-router"]["spec"]["template"]["metadata"]
+        return str(meta["annotations"]["kvferry.io/config-hash"])
+
+    assert digest(default) != digest(changed)
+    # the workers' pods do not roll for a router-only change
+    assert pod_template_hash(default, "demo-decode") == pod_template_hash(changed, "demo-decode")
+
+
+def load_config_text(text: str) -> PlacementConfig:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "placement.yaml"
+        path.write_text(text)
+        return load_config(path)
+
+
+def pod_template_hash(objs: dict[str, dict[str, Any]], name: str) -> str:
+    meta = objs[f"Deployment/{name}"]["spec"]["template"]["metadata"]
+    return str(meta["annotations"]["kvferry.io/config-hash"])
+
+
+@pytest.mark.parametrize(
+    ("placement", "field", "message"),
+    [
+        ({"config": {"policy": "random"}}, "spec.router.placement.config.policy", "policy"),
+        ({"config": {"candidates": -1}}, "spec.router.placement.config", "candidates"),
+        ({"config": {"scorers": [{"name": "nope"}]}}, "spec.router.placement.config", "nope"),
+        ({"config": {"bogus": 1}}, "spec.router.placement.config", "bogus"),
+        (
+            {"config": {"scorers": [{"name": "running_load", "load_scale": 0}]}},
+            "spec.router.placement.config",
+            "load_scale",
+        ),
+        ({"policy": "fastest"}, "spec.router.placement.policy", "fastest"),
+    ],
+)
+def test_a_placement_the_router_would_refuse_fails_validation(
+    placement: dict[str, Any], field: str, message: str
+) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_spec(spec_dict(router={"placement": placement}))
+    assert err.value.path == field
+    assert message in str(err.value)
+
+
+def test_placement_policies_are_the_routers_built_ins() -> None:
+    assert {p.value for p in PlacementPolicy} == set(BUILTIN)

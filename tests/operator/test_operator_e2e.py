@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+import yaml
 
 from kvferry.operator.crd.spec import Role
 from kvferry.operator.metrics import ClusterSample
@@ -22,7 +23,7 @@ DEPLOY = "apps/v1/deployments"
 PDB = "policy/v1/poddisruptionbudgets"
 BASE = f"/apis/kvferry.io/v1alpha1/namespaces/{NS}"
 ALL_CHILDREN = {
-    "v1/configmaps": {"demo-config"},
+    "v1/configmaps": {"demo-config", "demo-placement"},
     DEPLOY: {"demo-router", "demo-prefill", "demo-decode"},
     "v1/services": {"demo-router", "demo-prefill", "demo-decode"},
     WP: {"demo-prefill", "demo-decode"},
@@ -144,6 +145,41 @@ async def test_spec_change_patches_children(operator: Harness) -> None:
         lambda: (operator.get(DEPLOY, "demo-decode") or {})["spec"]["replicas"] == 5,
         "decode re-seeded to 5 replicas",
     )
+
+
+async def test_a_placement_change_rolls_the_router_and_a_bad_one_is_refused(
+    operator: Harness,
+) -> None:
+    await created(operator)
+
+    def placement() -> dict[str, Any]:
+        data = (operator.get("v1/configmaps", "demo-placement") or {})["data"]
+        return dict(yaml.safe_load(data["placement.yaml"]))
+
+    def router_hash() -> str:
+        dep = operator.get(DEPLOY, "demo-router") or {}
+        return str(dep["spec"]["template"]["metadata"]["annotations"]["kvferry.io/config-hash"])
+
+    assert placement() == {"policy": "kvferry"}
+    before = router_hash()
+    tuned = {"policy": "kvferry", "config": {"shortlist": 3}}
+    await merge_patch(
+        operator, f"{BASE}/inferenceclusters/demo", {"spec": {"router": {"placement": tuned}}}
+    )
+    await operator.wait_for(lambda: placement().get("shortlist") == 3, "the new placement")
+    await operator.wait_for(lambda: router_hash() != before, "the router to roll")
+    # a key the router would refuse: the cluster says so, and the router is left alone
+    bad = {"policy": "kvferry", "config": {"shortlist": 0}}
+    await merge_patch(
+        operator, f"{BASE}/inferenceclusters/demo", {"spec": {"router": {"placement": bad}}}
+    )
+    cond = await operator.wait_for(
+        lambda: (c := condition(operator, "Ready")) and c["reason"] == "ValidationFailed" and c,
+        "ValidationFailed",
+    )
+    assert "spec.router.placement.config" in cond["message"]
+    assert "shortlist" in cond["message"]
+    assert placement().get("shortlist") == 3
 
 
 async def test_scaling_a_pool_moves_its_deployment_within_bounds(operator: Harness) -> None:

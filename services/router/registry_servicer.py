@@ -44,11 +44,15 @@ _DTYPE_BYTES = {
 
 
 def kv_bytes_per_block(layout: kv_pb.KVLayout) -> int:
-    """K and V of one block across all layers, in bytes (0 when the layout is unset)."""
+    """What one block's K and V across all layers put on the wire, in bytes (0 when the
+    layout is unset). FP8 sends one byte per element plus a float32 scale per (layer, K/V,
+    head): placement's transfer estimate counts what moves, and two workers whose
+    compression differs (they cannot pair) never have equal figures."""
+    heads = 2 * layout.num_layers * layout.num_kv_heads
+    if layout.compression == kv_pb.KV_COMPRESSION_FP8_E4M3:
+        return heads * (layout.block_size * layout.head_dim + 4) if layout.dtype else 0
     itemsize = _DTYPE_BYTES.get(layout.dtype, 0)
-    return (
-        2 * layout.num_layers * layout.block_size * layout.num_kv_heads * layout.head_dim * itemsize
-    )
+    return heads * layout.block_size * layout.head_dim * itemsize
 
 
 class RegistryServicer(pb_grpc.RegistryServicer):

@@ -317,6 +317,7 @@ class GenerationServicer:
         and the attempt ends without a finish; the caller then tries again."""
         prefill, decode, admit = await self._admit(job)
         legs = [decode]
+        unstarted = prefill  # counted on it since placement; `_prefill` takes the count over
         finished = False
         try:
             start = len(job.cursor.sent)  # the output index Decode's stream begins at
@@ -330,6 +331,7 @@ class GenerationServicer:
             )
             job.calls.append(call)
             if prefill is not None:
+                unstarted = None
                 first = await self._prefill(job, prefill, admit, legs)
                 if first is None:
                     call.cancel()
@@ -355,6 +357,8 @@ class GenerationServicer:
                 for open_call in job.calls:
                     open_call.cancel()
             job.calls.clear()
+            if unstarted is not None:
+                self.registry.placed(unstarted.info.worker_id, -1)
             for leg in legs:
                 self.registry.placed(leg.worker.info.worker_id, -1)
                 if not finished:
@@ -404,8 +408,16 @@ class GenerationServicer:
             timeout = min(self.config.admit_timeout_s, job.remaining(self.clock()))
             call = self.clients.stub(decode.info.address).Admit(request, timeout=timeout)
             job.calls.append(call)
+            # NOTE: counted from the decision, not from the Admit's answer: placements made
+            # while this Admit is on the wire see it, so a burst does not herd onto the one
+            # pair that looked idlest. Undone below unless the decode worker admits it.
+            counted = [w.info.worker_id for w in (decode, prefill) if w is not None]
+            for wid in counted:
+                self.registry.placed(wid, +1)
+            admitted = False
             try:
                 admit = await call
+                admitted = True
             except grpc.aio.AioRpcError as err:
                 if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     busy.add(decode.info.worker_id)
@@ -422,7 +434,9 @@ class GenerationServicer:
                 continue
             finally:
                 job.calls.clear()
-            self.registry.placed(decode.info.worker_id, +1)
+                if not admitted:
+                    for wid in counted:
+                        self.registry.placed(wid, -1)
             job.queue_s = self.clock() - job.started
             return prefill, leg, admit
 
@@ -432,8 +446,7 @@ class GenerationServicer:
         """Run the prompt on the prefill worker; the first-token message, or None when the
         prefill worker failed (the next attempt excludes it)."""
         leg = _Leg(worker, legs[0].rid)
-        legs.append(leg)
-        self.registry.placed(worker.info.worker_id, +1)
+        legs.append(leg)  # counted on the worker since placement (`_admit`)
         request = pb.PrefillRequest(
             request_id=leg.rid,
             prompt_token_ids=[*job.prompt, *job.cursor.sent],

@@ -17,6 +17,9 @@ _OPTIONS = [
     # A worker restarting on the same address is reachable again within a second.
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # NOTE: a prefix-cache snapshot (GetStats with include_snapshot) lists every cached
+    # block hash, ~10 bytes each: gRPC's default 4 MiB would refuse one past ~400k blocks.
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
 ]
 
 

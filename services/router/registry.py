@@ -53,6 +53,10 @@ class Registry:
         record = WorkerRecord(info, load, now)
         if previous is not None and previous.info.address == info.address:
             record.in_flight = previous.in_flight  # the router's requests there still run
+            if previous.info.incarnation == info.incarnation:
+                # The same process again (its labels changed, or this router forgot it):
+                # a draining worker stays draining. A restart (new incarnation) is new.
+                record.state = previous.state
         self._workers[info.worker_id] = record
         self._view = None
 

@@ -162,8 +162,11 @@ def test_registry_register_heartbeat_expire_and_restart() -> None:
         reg.heartbeat(WorkerId("b"), WorkerLoad(), 6.0)
     reg.heartbeat(a.worker_id, WorkerLoad(), 6.0, draining=True)
     assert record.state is WorkerState.DRAINING
-    reg.register(a, WorkerLoad(), now=7.0)  # a restart re-registers: healthy again
-    restarted = reg.get(a.worker_id)
+    reg.register(a, WorkerLoad(), now=6.5)  # the same process again: still draining
+    again = reg.get(a.worker_id)
+    assert again is not None and again.state is WorkerState.DRAINING
+    reg.register(replace(a, incarnation=a.incarnation + 1), WorkerLoad(), now=7.0)
+    restarted = reg.get(a.worker_id)  # a restart re-registers: healthy again
     assert restarted is not None and restarted.state is WorkerState.HEALTHY
     assert [r.info.worker_id for r in reg.expire(now=12.1)] == [a.worker_id]
     assert reg.records() == []

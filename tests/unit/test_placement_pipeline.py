@@ -20,12 +20,14 @@ from kvferry.services.router.placement import (
     build_policy,
     named_config,
 )
+from kvferry.services.router.placement.joint import Joint, Scored
 from kvferry.services.router.placement.scorers import RequestFacts, Side
 from kvferry.services.router.workers import WorkerId, WorkerRecord
 from kvferry.topology import Tier, tier_between
 
 from .placement_factories import BLOCK, KV_BLOCK_BYTES, D, M, P, worker
 
+_WEIGHTS = {"prefill": 3.0, "decode": 2.25, "pair": 1.0}
 HASHES = tuple(range(1000, 1020))  # a 20-block (320-token) prompt
 LONG = PlacementRequest(len(HASHES) * BLOCK, HASHES, block_size=BLOCK)
 
@@ -327,3 +329,78 @@ def test_custom_pipeline_with_a_filter_from_config() -> None:
     )
     workers = [worker("d-busy", D, in_flight=2), worker("d-loaded", D, running=30), worker("p", P)]
     assert ids(build_policy(config).place(LONG, view(workers))) == ("d-loaded", "p")
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_transfer_time_is_bytes_over_the_measured_or_the_tier_bandwidth(seed: int) -> None:
+    """The table's inlined fast path against the plain formula: measured pairs use their
+    average, others the tier default (from tier_between) x the calibration; a worker that
+    registers again with new labels is seen at its new place."""
+    rng = random.Random(seed)
+    values = ["", "a", "b"]
+    table = BandwidthTable()
+    records = [
+        worker(f"w{i}", rng.choice([P, D]), at="/".join(rng.choice(values) for _ in range(4)))
+        for i in range(8)
+    ]
+    measured_pairs = [tuple(rng.sample(records, 2)) for _ in range(rng.randrange(6))]
+    for a, b in measured_pairs:
+        tier = rng.choice([None, tier_between(a.info.labels, b.info.labels)])
+        table.observe(a.info.worker_id, b.info.worker_id, 10**9, rng.uniform(0.01, 1.0), tier)
+    for _ in range(60):
+        if measured_pairs and rng.random() < 0.4:
+            a, b = rng.choice(measured_pairs)
+        else:
+            a, b = rng.choice(records), rng.choice(records)
+        if rng.random() < 0.1:  # re-registered elsewhere: a new WorkerInfo, same id
+            at = "/".join(rng.choice(values) for _ in range(4))
+            fresh = worker(a.info.worker_id, a.info.role, at=at)
+            a.info = fresh.info
+        nbytes = rng.choice([0, -1, 1, 10**6, 3 * 10**9])
+        measured = table.measured(a.info.worker_id, b.info.worker_id)
+        if nbytes <= 0:
+            expected = 0.0
+        elif measured is not None:
+            expected = nbytes / measured
+        else:
+            tier = tier_between(a.info.labels, b.info.labels)
+            expected = nbytes / table.tier_bytes_per_s(tier)
+        assert table.transfer_s(a, b, nbytes) == pytest.approx(expected, rel=1e-12)
+        if nbytes > 0:
+            assert table.bytes_per_s(a, b) == pytest.approx(nbytes / expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("has_prefill", [True, False])
+def test_marking_decode_candidates_follows_the_disaggregation_rule(has_prefill: bool) -> None:
+    """`Joint.mark` (whole run or hop, KV bytes to send) against the rule written plainly."""
+    rng = random.Random(int(has_prefill))
+    for _ in range(200):
+        block = rng.choice([0, 16])  # 0: each worker's own block size
+        tokens = rng.randrange(0, 400)
+        facts = RequestFacts(tokens, tokens // 16, block)
+        short = rng.choice([0, 16, 64])
+        decode = [
+            Scored(
+                worker(
+                    f"d{i}",
+                    D,
+                    block_size=rng.choice([0, 8, 16]),
+                    kv_bytes_per_block=rng.choice([0, KV_BLOCK_BYTES]),
+                ),
+                rng.random(),
+                rng.randrange(0, 30),
+            )
+            for i in range(rng.randrange(1, 6))
+        ]
+        joint = Joint(StaticView([]), facts, short, [], [], _WEIGHTS, has_prefill=has_prefill)
+        split = joint.mark(decode)
+        for d in decode:
+            info = d.worker.info
+            uncached = max(0, tokens - d.hits * (block or info.block_size))
+            whole = not has_prefill or uncached <= short
+            assert d.whole is whole
+            if whole or not info.block_size:
+                assert d.kv_bytes == 0
+            else:
+                assert d.kv_bytes == uncached * info.kv_bytes_per_block // info.block_size
+        assert split == [d for d in decode if not d.whole]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from kvferry.services.router.placement.filters import (
@@ -166,3 +168,48 @@ def test_transfer_time_scorer(seconds: float, expected: float) -> None:
 def test_bad_scorer_params(make: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_each_scorers_add_many_is_its_score_summed(seed: int) -> None:
+    """The pipeline's fast path (`add_many`, one comprehension per scorer) equals the
+    straightforward `totals[i] + weight * score(worker i)` on random workers."""
+    rng = random.Random(seed)
+    scorers: list[WorkerScorer] = [
+        PrefixHits(),
+        DecodePrefixHits(),
+        QueuedPrefillTokens(token_scale=rng.choice([1.0, 512.0, 4096.0])),
+        QueuedPrefillTokens(in_flight_tokens=rng.choice([0.0, 100.0])),
+        FreeKVBlocks(),
+        RunningLoad(load_scale=rng.choice([0.5, 8.0])),
+    ]
+    records = []
+    for i in range(rng.randrange(0, 12)):
+        total = rng.choice([0, 1, 100])
+        records.append(
+            worker(
+                f"w{i}",
+                rng.choice([P, D, M]),
+                running=rng.randrange(50),
+                waiting=rng.randrange(5),
+                prefill_tokens=rng.randrange(20_000),
+                free=rng.randrange(total + 1),
+                total=total,
+                in_flight=rng.randrange(6),
+            )
+        )
+    blocks = rng.choice([0, 1, 10, 200])
+    facts = RequestFacts(blocks * 16 + rng.randrange(16), blocks, 16)
+    hits = [rng.randrange(blocks + 3) for _ in records]  # more hits than blocks is clamped
+    for scorer in scorers:
+        totals = [rng.random() for _ in records]
+        weight = rng.choice([0.25, 1.0, 2.0])
+        expected = [
+            t + weight * scorer.score(w, n, facts)
+            for t, w, n in zip(totals, records, hits, strict=True)
+        ]
+        got = scorer.add_many(totals, weight, records, hits, facts)
+        assert got == pytest.approx(expected, rel=1e-12, abs=1e-12), scorer.name
+        assert WorkerScorer.add_many(scorer, totals, weight, records, hits, facts) == (
+            pytest.approx(expected, rel=1e-12, abs=1e-12)
+        )

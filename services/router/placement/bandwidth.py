@@ -7,14 +7,18 @@ fleet whose links deliver a tenth of the nominal figures, an unmeasured rack pai
 assumed a tenth as fast too, so a measured near pair is never ranked below an unmeasured
 far one just because one figure is real and the other nominal.
 
-NOTE: a prefill worker's transfer record times its whole push, which overlaps the prompt's
-compute (chunks leave as layers finish), so bytes / seconds is the pair's *effective*
-throughput during a prefill, at most the link's. That is the figure placement needs: how
-long the decode side waits for KV it lacks. Pure; the poller feeds it.
+NOTE: what a pair learns is the push's *wire* time (`TransferRecord.wire_seconds`: the
+push's duration minus the time it waited for the prefill to produce KV), so bytes / seconds
+is the link's throughput, not the prefill's pace. Fed the whole push (which spans the
+prompt's compute), every measured pair would average a prefill's KV production rate
+(~4 GB/s on an H100) whatever its tier, and the transfer-time scorer would stop telling a
+same-node pair from a cross-rack one (the simulator's `--bandwidth-feed push` shows it).
+Pure; the poller feeds it.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -86,7 +90,7 @@ class BandwidthTable:
         self.calibration = 1.0
         """Moving average of measured / tier default (scales every unmeasured pair)."""
         self._calibrated = False
-        self._places: dict[WorkerId, tuple[WorkerInfo, tuple[str, ...]]] = {}
+        self._places: dict[WorkerId, tuple[WorkerInfo, tuple[str | None, ...]]] = {}
         self._cache: dict[tuple[WorkerId, WorkerId], float] = {}
         """Measured pairs' bytes/s, ready for lookup (unmeasured pairs: tier x calibration)."""
 
@@ -128,36 +132,51 @@ class BandwidthTable:
         return self._tier_bps[tier] * self.calibration
 
     def bytes_per_s(self, src: WorkerRecord, dst: WorkerRecord) -> float:
-        key = (src.info.worker_id, dst.info.worker_id)
-        cached = self._cache.get(key)
-        if cached is not None:
-            return cached
-        return self._tier_bps[self._tier(src, dst)] * self.calibration
+        a, b = src.info, dst.info
+        if self._cache:
+            measured = self._cache.get((a.worker_id, b.worker_id))
+            if measured is not None:
+                return measured
+        return self._tier_bps[self._tier_of(a, b)] * self.calibration
 
     def _tier(self, src: WorkerRecord, dst: WorkerRecord) -> int:
+        """`tier_between` of two workers' labels (see `_tier_of`)."""
+        return self._tier_of(src.info, dst.info)
+
+    def _tier_of(self, a: WorkerInfo, b: WorkerInfo) -> int:
         """`tier_between` on per-worker label tuples cached by WorkerInfo identity (a
         re-registration brings a new WorkerInfo, so new labels are seen).
 
         NOTE: LABEL_KEYS lists the levels nearest first, in Tier order (a test pins that
-        this equals tier_between)."""
-        a, b = self._place(src), self._place(dst)
-        for i in range(4):
-            if a[i] and a[i] == b[i]:
-                return i
+        this equals tier_between). This runs for every pair a decision scores, so the
+        cache hit is inlined, and labels are interned (None when unknown): comparing two
+        places compares pointers and reads no string of the ~1,000 workers' labels."""
+        places = self._places
+        entry = places.get(a.worker_id)
+        pa = entry[1] if entry is not None and entry[0] is a else self._place(a)
+        entry = places.get(b.worker_id)
+        pb = entry[1] if entry is not None and entry[0] is b else self._place(b)
+        for tier, (x, y) in enumerate(zip(pa, pb, strict=True)):
+            if x is y and x is not None:
+                return tier
         return Tier.ELSEWHERE
 
-    def _place(self, worker: WorkerRecord) -> tuple[str, ...]:
-        info = worker.info
-        entry = self._places.get(info.worker_id)
-        if entry is None or entry[0] is not info:
-            place = tuple(info.labels.get(key, "") for key in LABEL_KEYS)
-            entry = self._places[info.worker_id] = (info, place)
-        return entry[1]
+    def _place(self, info: WorkerInfo) -> tuple[str | None, ...]:
+        labels = info.labels
+        place = tuple(sys.intern(labels[key]) if labels.get(key) else None for key in LABEL_KEYS)
+        self._places[info.worker_id] = (info, place)
+        return place
 
     def transfer_s(self, src: WorkerRecord, dst: WorkerRecord, nbytes: int) -> float:
         if nbytes <= 0:
             return 0.0
-        return nbytes / self.bytes_per_s(src, dst)
+        # NOTE: bytes_per_s inlined (one call per scored pair on the decision's path)
+        a, b = src.info, dst.info
+        if self._cache:
+            measured = self._cache.get((a.worker_id, b.worker_id))
+            if measured is not None:
+                return nbytes / measured
+        return nbytes / (self._tier_bps[self._tier_of(a, b)] * self.calibration)
 
     def forget(self, keep: Iterable[WorkerId]) -> int:
         """Drop pairs with a worker not in `keep` (gone from the cluster); returns how many."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import heapq
 import operator
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from kvferry.topology import NODE, NVLINK_DOMAIN
@@ -38,6 +38,7 @@ class RolePools:
     """Decode workers by ("node", name) and ("nvlink_domain", name)."""
     by_id: dict[WorkerId, WorkerRecord] = field(default_factory=dict)
     _near_ids: dict[WorkerId, frozenset[WorkerId]] = field(default_factory=dict)
+    _near_decode: dict[WorkerId, list[WorkerRecord]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, records: Sequence[WorkerRecord]) -> RolePools:
@@ -58,12 +59,17 @@ class RolePools:
         return pools
 
     def near_decode(self, prefill: WorkerRecord) -> list[WorkerRecord]:
-        """Decode workers on the same node, then in the same NVLink domain."""
-        out: list[WorkerRecord] = []
-        for key in (NODE, NVLINK_DOMAIN):
-            value = prefill.info.labels.get(key, "")
-            if value:
-                out.extend(self.near.get((key, value), ()))
+        """Decode workers on the same node, then in the same NVLink domain (cached per
+        prefill worker, like the pools: do not modify the list)."""
+        wid = prefill.info.worker_id
+        out = self._near_decode.get(wid)
+        if out is None:
+            out = []
+            for key in (NODE, NVLINK_DOMAIN):
+                value = prefill.info.labels.get(key, "")
+                if value:
+                    out.extend(self.near.get((key, value), ()))
+            self._near_decode[wid] = out
         return out
 
     def near_ids(self, prefill: WorkerRecord) -> frozenset[WorkerId]:
@@ -108,22 +114,24 @@ def draw(
     pool: list[WorkerRecord],
     limit: int,
     rng: random.Random,
-    holders: Callable[[int], list[WorkerId]],
+    holders: Sequence[WorkerId],
     by_id: Mapping[WorkerId, WorkerRecord],
     extra: Sequence[WorkerRecord] = (),
 ) -> list[WorkerRecord]:
-    """All of `pool` when it is small (or limit is 0), else holders + a random sample +
-    `extra`, without duplicates."""
+    """All of `pool` when it is small (or limit is 0), else `holders` (cache holders from
+    `top_holders`) + a random sample of `limit` + `extra`, without duplicates."""
     if limit == 0 or len(pool) <= limit:
         return pool
-    chosen: dict[WorkerId, WorkerRecord] = {}
-    for wid in holders(max(1, limit // 2)):
+    # NOTE: keyed by record identity (one record per worker id in a pool): a sampled
+    # worker's WorkerInfo is not read just to drop a repeat
+    chosen: dict[int, WorkerRecord] = {}
+    for wid in holders:
         record = by_id.get(wid)
         if record is not None:
-            chosen[wid] = record
+            chosen[id(record)] = record
     # NOTE: with replacement (a repeat is dropped): cheaper than rng.sample, same spread
     for w in rng.choices(pool, k=limit):
-        chosen.setdefault(w.info.worker_id, w)
+        chosen.setdefault(id(w), w)
     for w in extra:
-        chosen.setdefault(w.info.worker_id, w)
+        chosen.setdefault(id(w), w)
     return list(chosen.values())

@@ -3,15 +3,17 @@ decode) pair or a whole run on a decode worker scores. Used by every picker."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from kvferry.topology import tier_between
 
 from ..workers import WorkerRecord
-from .filters import PairFilter
-from .scorers import PairScorer, RequestFacts
+from .scorers import RequestFacts
 from .types import ClusterView, Placement
+
+PairCheck = Callable[[WorkerRecord, WorkerRecord], bool]
+PairTerm = Callable[[float], float]
 
 
 @dataclass(slots=True)
@@ -42,16 +44,18 @@ class Joint:
         view: ClusterView,
         facts: RequestFacts,
         short_prompt_tokens: int,
-        pair_filters: Sequence[PairFilter],
-        pair_scorers: Sequence[tuple[PairScorer, float]],
+        pair_checks: Sequence[PairCheck],
+        pair_terms: Sequence[tuple[PairTerm, float]],
         weights: Mapping[str, float],
         has_prefill: bool,
     ) -> None:
         self.view = view
         self.facts = facts
         self.short_prompt_tokens = short_prompt_tokens
-        self.pair_filters = pair_filters
-        self.pair_scorers = pair_scorers
+        self.pair_checks = pair_checks
+        """Each pair filter's `accepts_pair`."""
+        self.pair_terms = pair_terms
+        """(each pair scorer's `score_pair`, its weight)."""
         self._w_prefill = weights["prefill"]
         self._w_pair = weights["pair"]
         total = weights["prefill"] + weights["decode"] + weights["pair"]
@@ -59,50 +63,57 @@ class Joint:
         self.has_prefill = has_prefill
 
     def pair_ok(self, p: Scored, d: Scored) -> bool:
-        return all(f.accepts_pair(p.worker, d.worker) for f in self.pair_filters)
+        return all(check(p.worker, d.worker) for check in self.pair_checks)
 
     def whole_score(self, d: Scored) -> float:
         return (d.score + self._w_prefill + self._w_pair) * self._norm
 
-    def mark(self, decode: Sequence[Scored]) -> None:
+    def mark(self, decode: Sequence[Scored]) -> list[Scored]:
         """Fill each decode candidate's `whole` (conditional disaggregation, on the prompt
         tokens it does not cache) and `kv_bytes` (what a prefill worker must send it: that
-        uncached part x its KV bytes per token)."""
+        uncached part x its KV bytes per token). Returns the candidates that would take a
+        prefill hop (not whole), in order."""
         tokens, bs, short = (
             self.facts.num_prompt_tokens,
             self.facts.block_size,
             self.short_prompt_tokens,
         )
-        split_ok = self.has_prefill
+        split: list[Scored] = []
+        if not self.has_prefill:
+            for d in decode:
+                d.whole, d.kv_bytes = True, 0
+            return split
         for d in decode:
             info = d.worker.info
             uncached = tokens - d.hits * (bs or info.block_size)
-            if uncached < 0:
-                uncached = 0
-            d.whole = not split_ok or uncached <= short
-            if d.whole or not info.block_size:
-                d.kv_bytes = 0
+            if uncached <= short:  # also when everything is cached (uncached <= 0)
+                d.whole, d.kv_bytes = True, 0
             else:
-                d.kv_bytes = uncached * info.kv_bytes_per_block // info.block_size
+                d.whole = False
+                block_size = info.block_size
+                d.kv_bytes = uncached * info.kv_bytes_per_block // block_size if block_size else 0
+                split.append(d)
+        return split
 
     def pair_scores(
         self, p: Scored, partners: Sequence[Scored]
     ) -> list[tuple[float, Scored, float]]:
         """(option score, d, estimated transfer seconds) for each compatible marked d."""
         transfer = self.view.transfer_s
-        terms = [(s.score_pair, w) for s, w in self.pair_scorers]
-        filters = [f.accepts_pair for f in self.pair_filters]
+        terms, checks = self.pair_terms, self.pair_checks
         pw, base, norm = p.worker, p.score, self._norm
         out = []
         for d in partners:
             dw = d.worker
-            if filters and not all(f(pw, dw) for f in filters):
-                continue
-            est = transfer(pw, dw, d.kv_bytes)
-            total = base + d.score
-            for term, weight in terms:
-                total += weight * term(est)
-            out.append((total * norm, d, est))
+            for check in checks:
+                if not check(pw, dw):
+                    break
+            else:
+                est = transfer(pw, dw, d.kv_bytes)
+                total = base + d.score
+                for term, weight in terms:
+                    total += weight * term(est)
+                out.append((total * norm, d, est))
         return out
 
     def whole(self, d: Scored, score: float = 0.0) -> Placement:

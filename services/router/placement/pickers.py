@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import random
 from collections.abc import Sequence
 
@@ -13,8 +14,7 @@ from .types import Placement
 _TIE = 1e-9
 
 
-def _score(s: Scored) -> float:
-    return s.score
+_score = operator.attrgetter("score")
 
 
 class MaxScore:
@@ -43,17 +43,19 @@ class MaxScore:
             if score >= top - _TIE:
                 best.append((score, p, d, est))
 
-        joint.mark(decode)
-        whole = [d for d in decode if d.whole]
-        for d in whole:  # every one: equal ones are a tie, broken at random
-            offer(joint.whole_score(d), None, d, 0.0)
-        split = [d for d in decode if not d.whole] if whole else list(decode)
+        split = joint.mark(decode)
+        if len(split) < len(decode):
+            for d in decode:  # every whole run: equal ones are a tie, broken at random
+                if d.whole:
+                    offer(joint.whole_score(d), None, d, 0.0)
         if split and prefill:
             k = self.shortlist
             top_d = sorted(split, key=_score, reverse=True)[:k]
             top_p = sorted(prefill, key=_score, reverse=True)[:k]
+            split_ids = [d.worker.info.worker_id for d in split] if self.local else []
             for p in top_p:
-                for score, d, est in joint.pair_scores(p, self._partners(p, top_d, split, pools)):
+                partners = self._partners(p, top_d, split, split_ids, pools)
+                for score, d, est in joint.pair_scores(p, partners):
                     offer(score, p, d, est)
         if not best:  # no compatible pair: the best decode worker computes the prompt
             d = max(decode, key=_score)
@@ -64,12 +66,18 @@ class MaxScore:
         return joint.pair(chosen_p, chosen_d, score, est)
 
     def _partners(
-        self, p: Scored, top_d: Sequence[Scored], split: Sequence[Scored], pools: RolePools
+        self,
+        p: Scored,
+        top_d: Sequence[Scored],
+        split: Sequence[Scored],
+        split_ids: Sequence[WorkerId],
+        pools: RolePools,
     ) -> list[Scored]:
+        """`top_d`, then up to `local` of the best split candidates near p (not in top_d)."""
         if not self.local:
             return list(top_d)
         near = pools.near_ids(p.worker)
-        local = [d for d in split if d.worker.info.worker_id in near]
+        local = [d for d, wid in zip(split, split_ids, strict=True) if wid in near]
         if len(local) > self.local:
             local = sorted(local, key=_score, reverse=True)[: self.local]
         seen = {id(d) for d in top_d}

@@ -4,6 +4,7 @@ from the seeded random generator and the cached role pools."""
 
 from __future__ import annotations
 
+import operator
 import random
 from collections.abc import Mapping, Sequence
 
@@ -46,6 +47,9 @@ class Pipeline:
                 self._pair_scorers.append((scorer, spec.weight))
             else:
                 self._side_scorers[scorer.side].append((scorer, spec.weight))
+        # NOTE: bound once here, not per decision (Joint scores every shortlisted pair)
+        self._pair_terms = [(s.score_pair, w) for s, w in self._pair_scorers]
+        self._pair_checks = [f.accepts_pair for f in self._pair_filters]
         self._weights = {
             "prefill": sum(w for _, w in self._side_scorers[Side.PREFILL]),
             "decode": sum(w for _, w in self._side_scorers[Side.DECODE]),
@@ -65,6 +69,7 @@ class Pipeline:
             self._picker = MaxScore(config.shortlist, config.local_candidates, self._rng)
 
     def place(self, request: PlacementRequest, view: ClusterView) -> Placement:
+        config = self.config
         records = view.workers()
         pools = self._pools.get(records)
         hits = (
@@ -77,18 +82,18 @@ class Pipeline:
         )
         prefill = (
             []  # every decode worker runs a prompt this short whole: no prefill to choose
-            if request.num_prompt_tokens <= self.config.short_prompt_tokens
+            if request.num_prompt_tokens <= config.short_prompt_tokens
             else self._side(
                 Side.PREFILL, pools.prefill, pools.prefill_ids, pools, hits, request, facts
             )
         )
         extra: list[WorkerRecord] = []
-        limit = self.config.candidates
-        if self.config.local_candidates and limit and len(pools.decode) > limit and prefill:
-            for p in sorted(prefill, key=_score, reverse=True)[: self.config.shortlist]:
+        k, limit = config.local_candidates, config.candidates
+        if k and limit and len(pools.decode) > limit and prefill:
+            choices = self._rng.choices
+            for p in sorted(prefill, key=_score, reverse=True)[: config.shortlist]:
                 near = pools.near_decode(p.worker)
-                k = self.config.local_candidates
-                extra.extend(self._rng.choices(near, k=k) if k < len(near) else near)
+                extra.extend(choices(near, k=k) if k < len(near) else near)
         decode = self._side(
             Side.DECODE, pools.decode, pools.decode_ids, pools, hits, request, facts, extra
         )
@@ -100,9 +105,9 @@ class Pipeline:
         joint = Joint(
             view,
             facts,
-            self.config.short_prompt_tokens,
-            self._pair_filters,
-            self._pair_scorers,
+            config.short_prompt_tokens,
+            self._pair_checks,
+            self._pair_terms,
             self._weights,
             has_prefill=bool(prefill),
         )
@@ -122,11 +127,12 @@ class Pipeline:
         """Eligible candidates of one side, scored."""
         if not pool:
             return []
-
-        def holders(k: int) -> list[WorkerId]:
-            return top_holders(hits, ids, k) if hits else []
-
-        drawn = draw(pool, self.config.candidates, self._rng, holders, pools.by_id, extra)
+        limit = self.config.candidates
+        if limit == 0 or len(pool) <= limit:
+            drawn = pool
+        else:
+            holders = top_holders(hits, ids, max(1, limit // 2)) if hits else []
+            drawn = draw(pool, limit, self._rng, holders, pools.by_id, extra)
         eligible = self._eligible(drawn, request)
         if not eligible and drawn is not pool:  # "nobody" must mean nobody, not "unlucky"
             eligible = self._eligible(pool, request)
@@ -138,22 +144,23 @@ class Pipeline:
             counts = [0] * len(eligible)
         totals = [0.0] * len(eligible)
         for scorer, weight in self._side_scorers[side]:
-            values = scorer.score_many(eligible, counts, facts)
-            totals = [t + weight * v for t, v in zip(totals, values, strict=True)]
-        return [Scored(w, t, n) for w, t, n in zip(eligible, totals, counts, strict=True)]
+            totals = scorer.add_many(totals, weight, eligible, counts, facts)
+        return list(map(Scored, eligible, totals, counts))
 
     def _eligible(
         self, workers: Sequence[WorkerRecord], request: PlacementRequest
     ) -> list[WorkerRecord]:
         healthy, exclude = WorkerState.HEALTHY, request.exclude
-        out = [w for w in workers if w.state is healthy and w.info.worker_id not in exclude]
+        if exclude:
+            out = [w for w in workers if w.state is healthy and w.info.worker_id not in exclude]
+        else:
+            out = [w for w in workers if w.state is healthy]
         for f in self._worker_filters:
             out = [w for w in out if f.accepts(w, request)]
         return out
 
 
-def _score(s: Scored) -> float:
-    return s.score
+_score = operator.attrgetter("score")
 
 
 def build_policy(config: PlacementConfig) -> Pipeline:

@@ -11,6 +11,7 @@ does not depend on who else was sampled, and a score means the same in every clu
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -35,6 +36,9 @@ class RequestFacts:
     """Tokens per block (0: unknown; the decode worker's own is used)."""
 
 
+_load = operator.attrgetter("load")
+
+
 def _cost_score(cost: float, scale: float) -> float:
     return 1.0 / (1.0 + cost / scale) if cost > 0 else 1.0
 
@@ -50,12 +54,23 @@ class WorkerScorer:
     def score(self, worker: WorkerRecord, hits: int, facts: RequestFacts) -> float:
         raise NotImplementedError
 
-    def score_many(
-        self, workers: Sequence[WorkerRecord], hits: Sequence[int], facts: RequestFacts
+    def add_many(
+        self,
+        totals: list[float],
+        weight: float,
+        workers: Sequence[WorkerRecord],
+        hits: Sequence[int],
+        facts: RequestFacts,
     ) -> list[float]:
-        """`score` of each worker (built-ins override it with one comprehension: the
-        decision's hot loop)."""
-        return [self.score(w, n, facts) for w, n in zip(workers, hits, strict=True)]
+        """`totals[i] + weight * score(workers[i], hits[i])` for each worker.
+
+        NOTE: built-ins override it with one comprehension (the decision's hot loop: one
+        pass per scorer, no intermediate list, zip unchecked: the pipeline passes
+        equal lengths); a test pins each against `score`."""
+        return [
+            t + weight * self.score(w, n, facts)
+            for t, w, n in zip(totals, workers, hits, strict=True)
+        ]
 
 
 class PairScorer:
@@ -75,11 +90,13 @@ def _hit_fraction(hits: int, facts: RequestFacts) -> float:
     return min(hits, facts.num_blocks) / facts.num_blocks
 
 
-def _hit_fractions(hits: Sequence[int], facts: RequestFacts) -> list[float]:
+def _add_hit_fractions(
+    totals: list[float], weight: float, hits: Sequence[int], facts: RequestFacts
+) -> list[float]:
     n = facts.num_blocks
     if n <= 0:
-        return [0.0] * len(hits)
-    return [min(h, n) / n for h in hits]
+        return list(totals)
+    return [t + weight * ((h if h < n else n) / n) for t, h in zip(totals, hits, strict=False)]
 
 
 class PrefixHits(WorkerScorer):
@@ -93,10 +110,15 @@ class PrefixHits(WorkerScorer):
     def score(self, worker: WorkerRecord, hits: int, facts: RequestFacts) -> float:
         return _hit_fraction(hits, facts)
 
-    def score_many(
-        self, workers: Sequence[WorkerRecord], hits: Sequence[int], facts: RequestFacts
+    def add_many(
+        self,
+        totals: list[float],
+        weight: float,
+        workers: Sequence[WorkerRecord],
+        hits: Sequence[int],
+        facts: RequestFacts,
     ) -> list[float]:
-        return _hit_fractions(hits, facts)
+        return _add_hit_fractions(totals, weight, hits, facts)
 
 
 class DecodePrefixHits(WorkerScorer):
@@ -110,10 +132,15 @@ class DecodePrefixHits(WorkerScorer):
     def score(self, worker: WorkerRecord, hits: int, facts: RequestFacts) -> float:
         return _hit_fraction(hits, facts)
 
-    def score_many(
-        self, workers: Sequence[WorkerRecord], hits: Sequence[int], facts: RequestFacts
+    def add_many(
+        self,
+        totals: list[float],
+        weight: float,
+        workers: Sequence[WorkerRecord],
+        hits: Sequence[int],
+        facts: RequestFacts,
     ) -> list[float]:
-        return _hit_fractions(hits, facts)
+        return _add_hit_fractions(totals, weight, hits, facts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,12 +167,18 @@ class QueuedPrefillTokens(WorkerScorer):
         queued = max(worker.load.prefill_tokens_waiting, worker.in_flight * self.in_flight_tokens)
         return _cost_score(queued, self.token_scale)
 
-    def score_many(
-        self, workers: Sequence[WorkerRecord], hits: Sequence[int], facts: RequestFacts
+    def add_many(
+        self,
+        totals: list[float],
+        weight: float,
+        workers: Sequence[WorkerRecord],
+        hits: Sequence[int],
+        facts: RequestFacts,
     ) -> list[float]:
         per, scale = self.in_flight_tokens, self.token_scale
         return [
-            scale / (scale + max(w.load.prefill_tokens_waiting, w.in_flight * per)) for w in workers
+            t + weight * (scale / (scale + max(w.load.prefill_tokens_waiting, w.in_flight * per)))
+            for t, w in zip(totals, workers, strict=False)
         ]
 
 
@@ -159,11 +192,18 @@ class FreeKVBlocks(WorkerScorer):
         total = worker.load.total_kv_blocks
         return worker.load.free_kv_blocks / total if total > 0 else 0.0
 
-    def score_many(
-        self, workers: Sequence[WorkerRecord], hits: Sequence[int], facts: RequestFacts
+    def add_many(
+        self,
+        totals: list[float],
+        weight: float,
+        workers: Sequence[WorkerRecord],
+        hits: Sequence[int],
+        facts: RequestFacts,
     ) -> list[float]:
-        loads = [w.load for w in workers]
-        return [x.free_kv_blocks / x.total_kv_blocks if x.total_kv_blocks else 0.0 for x in loads]
+        return [
+            t + weight * (x.free_kv_blocks / x.total_kv_blocks if x.total_kv_blocks else 0.0)
+            for t, x in zip(totals, map(_load, workers), strict=False)
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,12 +224,18 @@ class RunningLoad(WorkerScorer):
         load = worker.load
         return _cost_score(load.num_running + load.num_waiting + worker.in_flight, self.load_scale)
 
-    def score_many(
-        self, workers: Sequence[WorkerRecord], hits: Sequence[int], facts: RequestFacts
+    def add_many(
+        self,
+        totals: list[float],
+        weight: float,
+        workers: Sequence[WorkerRecord],
+        hits: Sequence[int],
+        facts: RequestFacts,
     ) -> list[float]:
         scale = self.load_scale
         return [
-            scale / (scale + w.load.num_running + w.load.num_waiting + w.in_flight) for w in workers
+            t + weight * (scale / (scale + w.load.num_running + w.load.num_waiting + w.in_flight))
+            for t, w in zip(totals, workers, strict=False)
         ]
 
 
@@ -207,7 +253,8 @@ class TransferTime(PairScorer):
             raise ValueError(f"time_scale_s must be positive, got {self.time_scale_s}")
 
     def score_pair(self, transfer_s: float) -> float:
-        return _cost_score(transfer_s, self.time_scale_s)
+        # NOTE: _cost_score inlined (once per scored pair)
+        return 1.0 / (1.0 + transfer_s / self.time_scale_s) if transfer_s > 0 else 1.0
 
 
 WORKER_SCORERS: dict[str, type[WorkerScorer]] = {

@@ -47,11 +47,12 @@ class SimConfig:
     index_poll_s: float = _ROUTER.index_poll_interval_s
     """How often the router reads each worker's prefix-cache events and transfer records
     (its KV index lags the caches by up to this; the router's default)."""
-    bandwidth_feed: str = "push"
-    """What the router's bandwidth table learns from each finished KV push: push = bytes
-    over the push's whole duration from the Prefill call's start, as workers report it
-    (queueing and compute included); wire = bytes over the time on the link alone; none =
-    nothing (tier defaults only)."""
+    bandwidth_feed: str = "wire"
+    """What the router's bandwidth table learns from each finished KV push: wire = bytes
+    over the time on the link alone (what workers report as `wire_seconds` and the router
+    learns); push = bytes over the push's whole duration from the Prefill call's start
+    (queueing and compute included: what kvferry's router learned before it measured the
+    wire); none = nothing (tier defaults only)."""
     ttft_slo_ms: float = 3000.0
     """Time to first token objective: the unloaded prefill time of a ~52k-token prompt
     on one H100, so ~97% of Mooncake conversation prompts can meet it without any

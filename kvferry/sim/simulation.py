@@ -174,7 +174,12 @@ class Simulation:
                 decode.run_whole(job)
             else:
                 prefill = self.prefill[placement.prefill]
+                # as the router counts it: the prompt less the hits placement expected
+                job.prefill_tokens = max(
+                    1, req.input_tokens - placement.prefill_hit_blocks * self.block_tokens
+                )
                 prefill.record.in_flight += 1
+                prefill.record.in_flight_prefill_tokens += job.prefill_tokens
                 prefill.enqueue(job)
             return True
 
@@ -240,11 +245,13 @@ class Simulation:
             raise RuntimeError(f"request {job.rid} pushed before admission")
         src.cache.free(job.rid)
         src.record.in_flight -= 1
+        src.record.in_flight_prefill_tokens -= job.prefill_tokens
         feed = self.config.bandwidth_feed
         if feed != "none":
-            # NOTE: "push" is what a prefill worker's transfer record says today: its sender
-            # starts timing when the Prefill call starts, so queueing and compute count;
-            # "wire" is the link alone. The router reads the record at its next poll.
+            # NOTE: "wire" is what the router learns (a transfer record's wire_seconds: the
+            # link alone); "push" is the record's whole duration, timed from the Prefill
+            # call's start, so queueing and compute count. The router reads the record at
+            # its next poll.
             seconds = self.loop.now - job.sent_at if feed == "push" else job.wire_s
             self._transfers[src.id].append((decode.id, job.kv_bytes, seconds, job.tier))
         self.first_token(job)

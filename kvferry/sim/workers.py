@@ -36,6 +36,7 @@ class Job:
     decode: DecodeWorker | None = None
     prefill: PrefillWorker | None = None
     predicted_hit_blocks: int = 0  # what placement expected on the computing worker
+    prefill_tokens: int = 0  # counted on its prefill worker by the router until it returns
     decode_hit_blocks: int = 0  # prompt blocks the decode worker already had at admission
     hit_blocks: int = 0  # prompt blocks the computing worker held when it started
     hit_tokens: int = 0  # prompt tokens it reused (a fully cached prompt recomputes one)

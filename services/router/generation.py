@@ -109,6 +109,8 @@ class _Job:
     queue_s: float = 0.0
     kv_transfer_s: float = 0.0
     cached_tokens: int | None = None
+    prefill_tokens: int = 0
+    """Prompt tokens the current attempt gives its prefill worker (0: no prefill hop)."""
 
     def remaining(self, now: float) -> float:
         left = self.deadline - now
@@ -128,6 +130,8 @@ class _Leg:
 
     worker: WorkerRecord
     rid: str
+    prefill_tokens: int = 0
+    """Prompt tokens counted on the worker to prefill (`Registry.placed`)."""
 
 
 class GenerationServicer:
@@ -358,9 +362,9 @@ class GenerationServicer:
                     open_call.cancel()
             job.calls.clear()
             if unstarted is not None:
-                self.registry.placed(unstarted.info.worker_id, -1)
+                self.registry.placed(unstarted.info.worker_id, -1, -job.prefill_tokens)
             for leg in legs:
-                self.registry.placed(leg.worker.info.worker_id, -1)
+                self.registry.placed(leg.worker.info.worker_id, -1, -leg.prefill_tokens)
                 if not finished:
                     self._release(leg)
 
@@ -411,9 +415,15 @@ class GenerationServicer:
             # NOTE: counted from the decision, not from the Admit's answer: placements made
             # while this Admit is on the wire see it, so a burst does not herd onto the one
             # pair that looked idlest. Undone below unless the decode worker admits it.
-            counted = [w.info.worker_id for w in (decode, prefill) if w is not None]
-            for wid in counted:
-                self.registry.placed(wid, +1)
+            # The prefill worker's queue grows by the prompt less the hits placement expected.
+            prompt_tokens = len(job.prompt) + len(job.cursor.sent)
+            hit_tokens = placement.prefill_hit_blocks * block_size
+            job.prefill_tokens = 0 if prefill is None else max(1, prompt_tokens - hit_tokens)
+            counted = [(decode.info.worker_id, 0)]
+            if prefill is not None:
+                counted.append((prefill.info.worker_id, job.prefill_tokens))
+            for wid, tokens in counted:
+                self.registry.placed(wid, +1, tokens)
             admitted = False
             try:
                 admit = await call
@@ -435,8 +445,8 @@ class GenerationServicer:
             finally:
                 job.calls.clear()
                 if not admitted:
-                    for wid in counted:
-                        self.registry.placed(wid, -1)
+                    for wid, tokens in counted:
+                        self.registry.placed(wid, -1, -tokens)
             job.queue_s = self.clock() - job.started
             return prefill, leg, admit
 
@@ -445,7 +455,7 @@ class GenerationServicer:
     ) -> gen_pb.GenerateResponse | None:
         """Run the prompt on the prefill worker; the first-token message, or None when the
         prefill worker failed (the next attempt excludes it)."""
-        leg = _Leg(worker, legs[0].rid)
+        leg = _Leg(worker, legs[0].rid, job.prefill_tokens)
         legs.append(leg)  # counted on the worker since placement (`_admit`)
         request = pb.PrefillRequest(
             request_id=leg.rid,
@@ -467,7 +477,7 @@ class GenerationServicer:
             self._worker_failed(job, worker, err)  # next attempt places elsewhere
             return None
         legs.remove(leg)  # done there: the prefill worker finished the request itself
-        self.registry.placed(worker.info.worker_id, -1)
+        self.registry.placed(worker.info.worker_id, -1, -leg.prefill_tokens)
         job.kv_transfer_s = reply.kv_transfer_s
         job.cached_tokens = reply.num_cached_tokens
         start = len(job.cursor.sent)

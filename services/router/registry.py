@@ -53,6 +53,7 @@ class Registry:
         record = WorkerRecord(info, load, now)
         if previous is not None and previous.info.address == info.address:
             record.in_flight = previous.in_flight  # the router's requests there still run
+            record.in_flight_prefill_tokens = previous.in_flight_prefill_tokens
             if previous.info.incarnation == info.incarnation:
                 # The same process again (its labels changed, or this router forgot it):
                 # a draining worker stays draining. A restart (new incarnation) is new.
@@ -102,8 +103,12 @@ class Registry:
             self._view = list(self._workers.values())
         return self._view
 
-    def placed(self, worker_id: WorkerId, delta: int) -> None:
-        """Count a request placed on (+1) or finished on (-1) a worker."""
+    def placed(self, worker_id: WorkerId, delta: int, prefill_tokens: int = 0) -> None:
+        """Count a request placed on (+1) or finished on (-1) a worker, with the prompt
+        tokens it gives (+) or no longer gives (-) that worker to prefill."""
         record = self._workers.get(worker_id)
         if record is not None:
             record.in_flight = max(0, record.in_flight + delta)
+            record.in_flight_prefill_tokens = max(
+                0, record.in_flight_prefill_tokens + prefill_tokens
+            )

@@ -91,3 +91,7 @@ class WorkerRecord:
     state: WorkerState = WorkerState.HEALTHY
     in_flight: int = 0
     """Requests the router placed here and has not seen finish (fresher than `load`)."""
+    in_flight_prefill_tokens: int = 0
+    """Prompt tokens this router sent (or is sending) here to prefill, minus the hits it
+    expected, whose Prefill has not returned: a fresh view of the worker's queue between
+    heartbeats (`load.prefill_tokens_waiting` lags by up to one)."""

@@ -64,7 +64,8 @@ class RouterCluster:
         return self.stub.Generate(request, timeout=timeout)
 
     async def all_blocks_free(self) -> None:
-        """Every worker's pool is back to its initial free count (bounded wait)."""
+        """Every worker's pool is back to its initial free count and the router counts
+        nothing in flight on any worker (bounded waits)."""
         for worker in self.workers:
             async with grpc.aio.insecure_channel(worker.address) as channel:
                 stub = pb_grpc.WorkerStub(channel)
@@ -76,6 +77,16 @@ class RouterCluster:
                 else:
                     wid = worker.servicer.config.worker_id
                     raise AssertionError(f"{wid} keeps blocks: {load}")
+        # ...and the router's own counts of what it placed are back to zero (no leak)
+        for _ in range(200):
+            counts = {
+                r.info.worker_id: (r.in_flight, r.in_flight_prefill_tokens)
+                for r in self.router.registry.records()
+            }
+            if all(c == (0, 0) for c in counts.values()):
+                return
+            await asyncio.sleep(0.025)
+        raise AssertionError(f"the router still counts requests on workers: {counts}")
 
 
 def tokens_of(messages: Sequence[gen_pb.GenerateResponse]) -> list[int]:

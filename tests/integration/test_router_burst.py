@@ -56,9 +56,11 @@ class _Recording:
         self.policy = policy
         self.placements: list[Placement] = []
         self.seen_in_flight: list[int] = []
+        self.seen_prefill_tokens: list[int] = []
 
     def place(self, request: PlacementRequest, view: ClusterView) -> Placement:
         self.seen_in_flight.append(sum(w.in_flight for w in view.workers()))
+        self.seen_prefill_tokens.append(sum(w.in_flight_prefill_tokens for w in view.workers()))
         placement = self.policy.place(request, view)
         self.placements.append(placement)
         return placement
@@ -78,12 +80,16 @@ def test_a_burst_spreads_over_the_pools_and_counts_return_to_zero() -> None:
         assert len(recording.placements) == BURST
         # each decision saw the burst's earlier ones (both sides counted)
         assert recording.seen_in_flight == [2 * i for i in range(BURST)]
+        # and the prompt tokens each prefill worker was given (no prefix hits: all of them)
+        tokens = len(prompts[0])
+        assert recording.seen_prefill_tokens == [tokens * i for i in range(BURST)]
         decode = Counter(p.decode for p in recording.placements)
         prefill = Counter(p.prefill for p in recording.placements)
         assert sorted(decode.values()) == [BURST // 2, BURST // 2], decode
         assert sorted(prefill.values()) == [BURST // 2, BURST // 2], prefill
         for record in cluster.router.registry.records():
             assert record.in_flight == 0, record.info.worker_id
+            assert record.in_flight_prefill_tokens == 0, record.info.worker_id
         await cluster.all_blocks_free()
 
     run_cluster(

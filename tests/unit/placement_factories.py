@@ -28,6 +28,7 @@ def worker(
     free: int = 100,
     total: int = 100,
     in_flight: int = 0,
+    in_flight_tokens: int = 0,
     draining: bool = False,
     at: str = "",
     block_size: int = BLOCK,
@@ -47,4 +48,4 @@ def worker(
     )
     load = WorkerLoad(waiting, running, prefill_tokens, free, total)
     state = WorkerState.DRAINING if draining else WorkerState.HEALTHY
-    return WorkerRecord(info, load, 0.0, state, in_flight)
+    return WorkerRecord(info, load, 0.0, state, in_flight, in_flight_tokens)

@@ -122,6 +122,22 @@ SCORER_CASES = [
         FACTS,
         0.25,
     ),
+    (
+        "queued tokens: the prompt tokens the router sent there beat both",
+        QueuedPrefillTokens(token_scale=1000, in_flight_tokens=500),
+        worker("a", P, prefill_tokens=1000, in_flight=2, in_flight_tokens=3000),
+        0,
+        FACTS,
+        0.25,
+    ),
+    (
+        "queued tokens: a short prompt still costs the per-request floor",
+        QueuedPrefillTokens(token_scale=1000, in_flight_tokens=500),
+        worker("a", P, prefill_tokens=0, in_flight=2, in_flight_tokens=40),
+        0,
+        FACTS,
+        0.5,
+    ),
     ("free kv: half", FreeKVBlocks(), worker("a", D, free=50, total=100), 0, FACTS, 0.5),
     ("free kv: no pool reported", FreeKVBlocks(), worker("a", D, free=0, total=0), 0, FACTS, 0.0),
     ("running load: idle", RunningLoad(), worker("a", D), 0, FACTS, 1.0),
@@ -196,6 +212,7 @@ def test_each_scorers_add_many_is_its_score_summed(seed: int) -> None:
                 free=rng.randrange(total + 1),
                 total=total,
                 in_flight=rng.randrange(6),
+                in_flight_tokens=rng.choice([0, rng.randrange(40_000)]),
             )
         )
     blocks = rng.choice([0, 1, 10, 200])

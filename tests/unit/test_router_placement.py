@@ -198,15 +198,20 @@ def test_a_re_registration_keeps_the_routers_in_flight_count() -> None:
     reg = Registry()
     a = worker("a", D).info
     reg.register(a, WorkerLoad(), now=0.0)
-    reg.placed(a.worker_id, +1)
-    reg.placed(a.worker_id, +1)
+    reg.placed(a.worker_id, +1, 700)
+    reg.placed(a.worker_id, +1, 300)
     reg.register(a, WorkerLoad(), now=1.0)  # forgotten and back, same address
     record = reg.get(a.worker_id)
-    assert record is not None and record.in_flight == 2
+    assert record is not None and (record.in_flight, record.in_flight_prefill_tokens) == (2, 1000)
+    reg.placed(a.worker_id, -1, -700)
+    assert (record.in_flight, record.in_flight_prefill_tokens) == (1, 300)
+    reg.placed(a.worker_id, -1, -400)  # never negative
+    assert (record.in_flight, record.in_flight_prefill_tokens) == (0, 0)
+    reg.placed(a.worker_id, +1, 50)
     moved = replace(a, address="10.0.0.9:1")  # a new process elsewhere starts from zero
     reg.register(moved, WorkerLoad(), now=1.0 + reg.config.ttl_s + 0.1)
     record = reg.get(a.worker_id)
-    assert record is not None and record.in_flight == 0
+    assert record is not None and (record.in_flight, record.in_flight_prefill_tokens) == (0, 0)
 
 
 def test_a_live_worker_id_cannot_be_taken_from_another_address() -> None:

@@ -147,9 +147,11 @@ class DecodePrefixHits(WorkerScorer):
 class QueuedPrefillTokens(WorkerScorer):
     """Prefill side: prompt tokens queued ahead of this request.
 
-    The heartbeat's `prefill_tokens_waiting` lags; the router's own in-flight count is
-    fresh, so the estimate is the larger of the report and in_flight x
-    `in_flight_tokens`."""
+    The heartbeat's `prefill_tokens_waiting` lags; the router's own counts are fresh: the
+    prompt tokens it has sent there and not seen return (`in_flight_prefill_tokens`), and
+    at least `in_flight_tokens` per request in flight (a floor for a caller that does not
+    count tokens, and for a request's fixed costs). The estimate is the largest of the
+    three: all of them count the same queue."""
 
     token_scale: float = 4096.0
     in_flight_tokens: float = 512.0
@@ -164,7 +166,11 @@ class QueuedPrefillTokens(WorkerScorer):
             raise ValueError(f"in_flight_tokens must be >= 0, got {self.in_flight_tokens}")
 
     def score(self, worker: WorkerRecord, hits: int, facts: RequestFacts) -> float:
-        queued = max(worker.load.prefill_tokens_waiting, worker.in_flight * self.in_flight_tokens)
+        queued = max(
+            worker.load.prefill_tokens_waiting,
+            worker.in_flight_prefill_tokens,
+            worker.in_flight * self.in_flight_tokens,
+        )
         return _cost_score(queued, self.token_scale)
 
     def add_many(
@@ -176,10 +182,11 @@ class QueuedPrefillTokens(WorkerScorer):
         facts: RequestFacts,
     ) -> list[float]:
         per, scale = self.in_flight_tokens, self.token_scale
-        return [
-            t + weight * (scale / (scale + max(w.load.prefill_tokens_waiting, w.in_flight * per)))
-            for t, w in zip(totals, workers, strict=False)
+        queued = [
+            max(w.load.prefill_tokens_waiting, w.in_flight_prefill_tokens, w.in_flight * per)
+            for w in workers
         ]
+        return [t + weight * (scale / (scale + q)) for t, q in zip(totals, queued, strict=False)]
 
 
 class FreeKVBlocks(WorkerScorer):

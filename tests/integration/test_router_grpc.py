@@ -237,14 +237,16 @@ def test_a_corrupted_kv_chunk_is_caught_and_recovered(
 
 def test_a_client_deadline_ends_the_request_and_frees_its_blocks() -> None:
     async def test(cluster: RouterCluster) -> None:
-        slow = SamplingParams(max_tokens=150, temperature=0.0, ignore_eos=True)
+        # NOTE: ~2k tokens, so the deadline falls mid-decode however fast the
+        # machine is (the tiny model makes 150 in under 0.3 s on an idle one).
+        slow = SamplingParams(max_tokens=1900, temperature=0.0, ignore_eos=True)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await cluster.generate(PROMPTS[12], slow, timeout=0.3)
         assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
         await cluster.all_blocks_free()
         assert cluster.router.generation.num_running == 0
 
-    run_cluster(test)
+    run_cluster(test, engine=replace(ENGINE, max_model_len=2048, num_kv_blocks=160))
 
 
 def test_a_full_decode_worker_queues_then_answers_resource_exhausted() -> None:

@@ -28,6 +28,9 @@ from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
 
+from kvferry.sim.metrics import percentile
+from kvferry.sim.trace import spread_arrivals
+
 BOS_ID = 256  # the byte tokenizer's BOS; content token ids stay in [0, 255]
 TRACE_BLOCK_TOKENS = 512  # Mooncake's hash_ids block size
 
@@ -127,27 +130,6 @@ def scale_length(n: int, scale: float, lo: int, hi: int) -> int:
     return min(max(round(n / scale), lo), hi)
 
 
-def spread_arrivals(arrivals: Sequence[float], spread_s: float) -> list[float]:
-    """Spread each run of equal timestamps evenly over [t, t + min(spread_s, next - t)).
-
-    The last run (no next timestamp) uses `spread_s`. Input must be sorted.
-    """
-    out: list[float] = []
-    i = 0
-    while i < len(arrivals):
-        t = arrivals[i]
-        j = i
-        while j < len(arrivals) and arrivals[j] == t:
-            j += 1
-        if j < len(arrivals) and arrivals[j] < t:
-            raise ValueError(f"arrivals must be sorted: {arrivals[j]} after {t}")
-        window = min(spread_s, arrivals[j] - t) if j < len(arrivals) else spread_s
-        count = j - i
-        out.extend(t + window * k / count for k in range(count))
-        i = j
-    return out
-
-
 def content_tokens(key: str, n: int) -> tuple[int, ...]:
     """`n` token ids in [0, 255] derived from `key` alone (same key, same tokens)."""
     return tuple(hashlib.shake_128(key.encode()).digest(n))
@@ -221,20 +203,6 @@ class RequestResult:
     @property
     def ok(self) -> bool:
         return not self.error and self.token_ids is not None
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) with linear interpolation (numpy's default); NaN if
-    `values` is empty."""
-    if not 0 <= q <= 100:
-        raise ValueError(f"q must be in [0, 100], got {q}")
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,63 +84,43 @@ class PairScorer:
         raise NotImplementedError
 
 
-def _hit_fraction(hits: int, facts: RequestFacts) -> float:
-    if facts.num_blocks <= 0:
-        return 0.0
-    return min(hits, facts.num_blocks) / facts.num_blocks
+class _HitFraction(WorkerScorer):
+    """The fraction of the prompt's full blocks a worker's prefix cache holds."""
+
+    uses_hits = True
+
+    def score(self, worker: WorkerRecord, hits: int, facts: RequestFacts) -> float:
+        n = facts.num_blocks
+        return min(hits, n) / n if n > 0 else 0.0
+
+    def add_many(
+        self,
+        totals: list[float],
+        weight: float,
+        workers: Sequence[WorkerRecord],
+        hits: Sequence[int],
+        facts: RequestFacts,
+    ) -> list[float]:
+        n = facts.num_blocks
+        if n <= 0:
+            return list(totals)
+        return [t + weight * ((h if h < n else n) / n) for t, h in zip(totals, hits, strict=False)]
 
 
-def _add_hit_fractions(
-    totals: list[float], weight: float, hits: Sequence[int], facts: RequestFacts
-) -> list[float]:
-    n = facts.num_blocks
-    if n <= 0:
-        return list(totals)
-    return [t + weight * ((h if h < n else n) / n) for t, h in zip(totals, hits, strict=False)]
-
-
-class PrefixHits(WorkerScorer):
+class PrefixHits(_HitFraction):
     """Prefill side: the fraction of the prompt's blocks its prefix cache holds (work it
     will not recompute)."""
 
     name = "prefix_hits"
     side = Side.PREFILL
-    uses_hits = True
-
-    def score(self, worker: WorkerRecord, hits: int, facts: RequestFacts) -> float:
-        return _hit_fraction(hits, facts)
-
-    def add_many(
-        self,
-        totals: list[float],
-        weight: float,
-        workers: Sequence[WorkerRecord],
-        hits: Sequence[int],
-        facts: RequestFacts,
-    ) -> list[float]:
-        return _add_hit_fractions(totals, weight, hits, facts)
 
 
-class DecodePrefixHits(WorkerScorer):
+class DecodePrefixHits(_HitFraction):
     """Decode side: the fraction of the prompt's blocks it already caches (KV that need
     not move, or that a whole run there skips)."""
 
     name = "decode_prefix_hits"
     side = Side.DECODE
-    uses_hits = True
-
-    def score(self, worker: WorkerRecord, hits: int, facts: RequestFacts) -> float:
-        return _hit_fraction(hits, facts)
-
-    def add_many(
-        self,
-        totals: list[float],
-        weight: float,
-        workers: Sequence[WorkerRecord],
-        hits: Sequence[int],
-        facts: RequestFacts,
-    ) -> list[float]:
-        return _add_hit_fractions(totals, weight, hits, facts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,24 +29,7 @@ from kvferry.services.router.workers import (
     WorkerRecord,
     WorkerState,
 )
-
-
-def worker(
-    wid: str,
-    role: Role,
-    *,
-    running: int = 0,
-    waiting: int = 0,
-    prefill_tokens: int = 0,
-    free: int = 100,
-    in_flight: int = 0,
-    draining: bool = False,
-) -> WorkerRecord:
-    info = WorkerInfo(WorkerId(wid), role, f"127.0.0.1:{len(wid)}", "127.0.0.1:1", "tiny")
-    load = WorkerLoad(waiting, running, prefill_tokens, free, 100)
-    state = WorkerState.DRAINING if draining else WorkerState.HEALTHY
-    return WorkerRecord(info, load, 0.0, state, in_flight)
-
+from tests.unit.placement_factories import worker
 
 P, D, M = Role.PREFILL, Role.DECODE, Role.MIXED
 LONG, SHORT = 500, 10
